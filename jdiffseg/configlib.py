@@ -1,0 +1,191 @@
+"""The config tree every run understands, and helpers shared by the files in `configs/`.
+
+A config file exposes `get_config(arg)`; `arg` is the text after the colon in
+`--config=configs/ensemdiff.py:dataset=monuseg,mode=diffusion`. It is parsed here so every
+config file accepts the same syntax and rejects unknown keys with the same message.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+    """Parses `"k1=v1,k2=v2"` into a ConfigDict whose keys must be among `defaults`.
+
+    Values are converted to the type of the default (int, float, bool, str).
+    """
+    out = ml_collections.ConfigDict(dict(defaults))
+    if not arg:
+        return out
+    for item in arg.split(","):
+        if not item.strip():
+            continue
+        if "=" not in item:
+            raise ValueError(f"config argument {item!r} is not of the form key=value (in {arg!r})")
+        key, value = (s.strip() for s in item.split("=", 1))
+        if key not in defaults:
+            raise KeyError(
+                f"unknown config argument {key!r} in {arg!r}; known: {', '.join(sorted(defaults))}"
+            )
+        out[key] = _convert(value, defaults[key], key)
+    return out
+
+
+def _convert(value: str, default: Any, key: str) -> Any:
+    if isinstance(default, bool):
+        if value.lower() in ("1", "true", "yes"):
+            return True
+        if value.lower() in ("0", "false", "no"):
+            return False
+        raise ValueError(f"config argument {key}={value!r} is not a boolean")
+    if isinstance(default, int):
+        return int(value)
+    if isinstance(default, float):
+        return float(value)
+    return value
+
+
+def update(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> None:
+    """Sets dotted keys (`"train.lr"`) on a locked config; an unknown key raises naming it."""
+    for dotted, value in overrides.items():
+        node = config
+        *parents, leaf = dotted.split(".")
+        for name in parents:
+            if name not in node:
+                raise KeyError(f"unknown config key {dotted!r} (no section {name!r})")
+            node = node[name]
+        if leaf not in node:
+            raise KeyError(f"unknown config key {dotted!r}")
+        node[leaf] = value
+
+
+def to_json(config: ml_collections.ConfigDict) -> str:
+    """The resolved config as indented JSON (tuples become lists)."""
+    return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str)
+
+
+def from_json(text: str) -> ml_collections.ConfigDict:
+    """Rebuilds a locked config written by `to_json`; lists become tuples, as in the files."""
+
+    def tuples(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {k: tuples(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return tuple(tuples(v) for v in x)
+        return x
+
+    config = ml_collections.ConfigDict(tuples(json.loads(text)))
+    config.lock()
+    return config
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """All keys a run understands, with CPU-friendly defaults."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "synthetic"  # synthetic | isic2016 | monuseg | her2 | folder
+    c.data.variant = "lesion"  # synthetic flavour: lesion | nuclei | tissue
+    c.data.image_size = 64
+    c.data.data_dir = config_dict.placeholder(str)  # default: ~/tensorflow_datasets
+    c.data.manual_dir = config_dict.placeholder(str)  # real datasets' original archives
+    c.data.batch_size = 16  # global, over all processes and devices
+    c.data.eval_batch_size = 16
+    c.data.num_workers = 0  # grain worker processes; 0 reads in the main process
+    c.data.num_train_examples = 512  # synthetic only
+    c.data.num_val_examples = 64
+    c.data.num_test_examples = 64
+    c.data.augment = ml_collections.ConfigDict()
+    c.data.augment.flip = True
+    c.data.augment.rot90 = True
+    c.data.augment.crop_scale = 1.0  # min area fraction of a random resized crop; 1.0 = off
+    c.data.augment.color_jitter = 0.0  # brightness/contrast/saturation strength; 0 = off
+
+    c.model = ml_collections.ConfigDict()
+    c.model.arch = "ensemdiff"  # ensemdiff | segdiff | medsegdiff | nnunet
+    c.model.preset = "tiny"
+    c.model.mode = "diffusion"  # diffusion | feedforward | mask_only | image_generation
+    c.model.dtype = "float32"  # compute dtype; params and normalisation stay float32
+    c.model.remat = False
+    c.model.base_channels = 32
+    c.model.channel_mult = (1, 2, 2)
+    c.model.num_res_blocks = 1
+    c.model.attention_resolutions = (4,)  # downsampling factors with attention
+    c.model.num_heads = 1
+    c.model.num_head_channels = -1
+    c.model.dropout = 0.0
+    c.model.use_scale_shift_norm = False
+    c.model.resblock_updown = False
+    c.model.learn_sigma = False
+    c.model.rrdb_blocks = 2  # SegDiff image encoder
+    c.model.rrdb_channels = 32
+    c.model.medsegdiff_version = "new"  # new | v1
+    c.model.encoder_base_channels = 8  # nnU-Net-style condition encoder / baseline
+    c.model.encoder_max_channels = 64
+
+    c.diffusion = ml_collections.ConfigDict()
+    c.diffusion.num_timesteps = 100
+    c.diffusion.schedule = "linear"  # linear | cosine | custom
+    c.diffusion.custom_betas = config_dict.placeholder(tuple)
+    c.diffusion.prediction = "eps"  # eps | x0 | v
+    c.diffusion.variance = "fixed_small"  # fixed_small | fixed_large | learned_range
+    c.diffusion.mask_encoding = "zero_one"  # zero_one | plus_minus_one
+    c.diffusion.loss_reduction = "mean"  # mean over pixels | sum per image (SegDiff)
+    c.diffusion.use_vb = False
+    c.diffusion.timestep_sampling = "uniform"  # uniform | range | importance | weights
+    c.diffusion.t_min = 0
+    c.diffusion.t_max = -1  # -1: T - 1
+    c.diffusion.timestep_weights = config_dict.placeholder(tuple)
+    c.diffusion.clip_x0 = True
+
+    c.train = ml_collections.ConfigDict()
+    c.train.steps = 2000
+    c.train.lr = 3e-4
+    c.train.warmup_steps = 100
+    c.train.lr_schedule = "cosine"  # constant | cosine
+    c.train.weight_decay = 0.0
+    c.train.grad_clip = 1.0
+    c.train.ema_decay = 0.999
+    c.train.grad_accum = 1
+    c.train.feedforward_t = 0  # the fixed timestep a feed-forward model sees
+    c.train.cal_loss_weight = 10.0  # MedSegDiff calibration loss
+    c.train.log_every = 50
+    c.train.eval_every = 500
+    c.train.checkpoint_every = 500
+    c.train.keep_checkpoints = 2
+    c.train.best_metric = "dice"  # validation metric that picks the best checkpoint
+    c.train.fsdp = False
+    c.train.distributed = False  # call jax.distributed.initialize()
+    c.train.coordinator_address = config_dict.placeholder(str)
+    c.train.num_processes = config_dict.placeholder(int)
+    c.train.process_id = config_dict.placeholder(int)
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.split = "test"
+    c.eval.checkpoint = "best"  # best | latest
+    c.eval.use_ema = True
+    c.eval.ensemble_size = 5
+    c.eval.sampler = "ddim"  # ddpm | ddim
+    c.eval.sampling_steps = 25  # respaced steps; 0 = the full chain
+    c.eval.eta = 0.0
+    c.eval.fusion = "mean"  # mean | majority | staple
+    c.eval.threshold = 0.5
+    c.eval.num_bins = 10
+    c.eval.num_examples = -1  # -1: the whole split
+    c.eval.val_ensemble_size = 2  # during training
+    c.eval.val_sampling_steps = 10
+    c.eval.val_num_examples = 32
+
+    c.analysis = ml_collections.ConfigDict()
+    c.analysis.split = "validation"
+    c.analysis.num_images = 32
+    c.analysis.t_stride = 1
+    c.analysis.chunk_size = 16  # timesteps evaluated together
+    return c
