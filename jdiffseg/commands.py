@@ -11,7 +11,9 @@ def train_main(argv: list[str]) -> int:
     """`jdiffseg train --config=... --workdir=...`: trains, or resumes the run in workdir."""
     fv = flags.FlagValues()
     config = define_config_flag(fv, argv)
-    flags.DEFINE_string("workdir", None, "directory for checkpoints, logs and results", flag_values=fv)
+    flags.DEFINE_string(
+        "workdir", None, "directory for checkpoints, logs and results", flag_values=fv
+    )
     flags.mark_flags_as_required(["config", "workdir"], flag_values=fv)
     parse_flags(fv, "train", argv)
 
@@ -25,7 +27,9 @@ def sweep_main(argv: list[str]) -> int:
     """`jdiffseg sweep --config=configs/sweeps/NAME.py --launcher=local|slurm|print`."""
     fv = flags.FlagValues()
     flags.DEFINE_string("config", None, "sweep file defining sweep(add)", flag_values=fv)
-    flags.DEFINE_enum("launcher", "print", ["local", "slurm", "print"], "how to run", flag_values=fv)
+    flags.DEFINE_enum(
+        "launcher", "print", ["local", "slurm", "print"], "how to run", flag_values=fv
+    )
     flags.DEFINE_string("sweep_dir", None, "parent of the runs' workdirs", flag_values=fv)
     flags.mark_flags_as_required(["config"], flag_values=fv)
     parse_flags(fv, "sweep", argv)

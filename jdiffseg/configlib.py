@@ -144,6 +144,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.diffusion.t_max = -1  # -1: T - 1
     c.diffusion.timestep_weights = config_dict.placeholder(tuple)
     c.diffusion.clip_x0 = True
+    c.diffusion.rescale_timesteps = False  # the network sees t*1000/T (SegDiff)
 
     c.train = ml_collections.ConfigDict()
     c.train.steps = 2000
@@ -179,6 +180,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.threshold = 0.5
     c.eval.num_bins = 10
     c.eval.num_examples = -1  # -1: the whole split
+    c.eval.ff_ensemble = "none"  # feed-forward test-time ensemble: none | flip | dropout
+    c.eval.ff_ensemble_size = 8  # its members (flip: at most 8, the square's symmetries)
+    c.eval.extra_protocols = ""  # comma-separated reference protocols, e.g. "threshold_sweep"
+    c.eval.num_cases = 4  # images in the case-grid figure
+    c.eval.bootstrap_resamples = 2000  # for the 95 % intervals of per-image means
     c.eval.val_ensemble_size = 2  # during training
     c.eval.val_sampling_steps = 10
     c.eval.val_num_examples = 32
@@ -188,4 +194,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.analysis.num_images = 32
     c.analysis.t_stride = 1
     c.analysis.chunk_size = 16  # timesteps evaluated together
+    c.analysis.seed = 0  # the fixed noise: image i gets fold_in(seed, i) at every t
+    c.analysis.checkpoint = "best"  # best | latest | a step number, for every analysed run
+    c.analysis.use_ema = True
+    # Adapted diffusion: the image's contribution Δ(t) = recovery with image − without.
+    c.analysis.adapt_metric = "mse"  # mse | dice | iou: the recovery measure behind Δ(t)
+    c.analysis.adapt_reference = "blank"  # blank | mask_only: "without the image"
+    c.analysis.adapt_fraction = 0.1  # range: timesteps where Δ(t) >= fraction · max Δ
+    c.analysis.adapt_floor = 0.1  # weights/schedule: min weight relative to the peak of Δ
     return c

@@ -80,6 +80,7 @@ def dispatch(argv: list[str]) -> int:
 
 def run() -> None:
     """Console-script entry point: an absl app whose flags each subcommand parses itself."""
+
     def parse_global(argv: list[str]) -> list[str]:
         flags.FLAGS(argv[:1])  # absl's own flags at defaults; subcommands parse the rest
         return argv
