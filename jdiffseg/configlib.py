@@ -92,21 +92,27 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.name = "synthetic"  # synthetic | isic2016 | monuseg | her2 | folder
-    c.data.variant = "lesion"  # synthetic flavour: lesion | nuclei | tissue
+    c.data.variant = "lesion"  # synthetic: lesion | nuclei | tissue; folder: a label for the data
     c.data.image_size = 64
-    c.data.data_dir = config_dict.placeholder(str)  # default: ~/tensorflow_datasets
-    c.data.manual_dir = config_dict.placeholder(str)  # real datasets' original archives
+    c.data.data_dir = ""  # prepared datasets; '' = the TFDS default (~/tensorflow_datasets)
+    c.data.manual_dir = ""  # real datasets' original archives; '' = <data_dir>/downloads/manual
     c.data.batch_size = 16  # global, over all processes and devices
     c.data.eval_batch_size = 16
     c.data.num_workers = 0  # grain worker processes; 0 reads in the main process
     c.data.num_train_examples = 512  # synthetic only
     c.data.num_val_examples = 64
-    c.data.num_test_examples = 64
+    c.data.num_test_examples = 128
+    c.data.seed = 0  # the data's own seed (synthetic generation, validation carving)
+    c.data.val_fraction = 0.1  # carved from train where a dataset has no validation split
+    c.data.test_fraction = 0.2  # folder datasets without a split file
+    c.data.split_file = ""  # folder datasets; default manual_dir/splits.json if present
+    c.data.tile_size = 512  # MoNuSeg tiles are resized to this before patching
+    c.data.patch_stride = 0  # MoNuSeg patch stride; 0 = image_size
     c.data.augment = ml_collections.ConfigDict()
     c.data.augment.flip = True
     c.data.augment.rot90 = True
     c.data.augment.crop_scale = 1.0  # min area fraction of a random resized crop; 1.0 = off
-    c.data.augment.color_jitter = 0.0  # brightness/contrast/saturation strength; 0 = off
+    c.data.augment.color_jitter = 0.0  # brightness/contrast/saturation/hue strength; 0 = off
 
     c.model = ml_collections.ConfigDict()
     c.model.arch = "ensemdiff"  # ensemdiff | segdiff | medsegdiff | nnunet

@@ -1,0 +1,97 @@
+"""Training augmentation in NumPy: one geometry for image and mask, colour only on the image.
+
+Geometric ops (random resized crop, flips, 90° rotations) transform the image and mask with the
+same parameters and the same interpolation, and the mask is re-thresholded, so it stays binary
+and aligned. Colour jitter (brightness, contrast, saturation, hue) touches the image only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+import numpy as np
+from PIL import Image
+
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+_RGB2YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]],
+                    np.float32)
+_YIQ2RGB = np.linalg.inv(_RGB2YIQ).astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """flip: random horizontal and vertical flips; rot90: random multiple of 90°; crop_scale:
+    minimum area fraction of the random resized crop (1.0 = off); color_jitter: strength s of
+    brightness/contrast/saturation factors in [1-s, 1+s] and a hue shift up to s/4 turn."""
+
+    flip: bool = True
+    rot90: bool = True
+    crop_scale: float = 1.0
+    color_jitter: float = 0.0
+
+    @classmethod
+    def from_config(cls, augment: ml_collections.ConfigDict) -> AugmentConfig:
+        cfg = cls(bool(augment.flip), bool(augment.rot90), float(augment.crop_scale),
+                  float(augment.color_jitter))
+        if not 0.0 < cfg.crop_scale <= 1.0:
+            raise ValueError(f"config.data.augment.crop_scale={cfg.crop_scale}: need 0 < it <= 1")
+        if not 0.0 <= cfg.color_jitter < 1.0:
+            raise ValueError(
+                f"config.data.augment.color_jitter={cfg.color_jitter}: need 0 <= it < 1")
+        return cfg
+
+
+def random_resized_crop(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
+                        min_scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """Crops a random box (area fraction in [min_scale, 1], aspect in [3/4, 4/3]) and resizes it
+    back to the input size, bilinearly for both image and mask (mask thresholded at 0.5)."""
+    h, w = mask.shape[:2]
+    area = rng.uniform(min_scale, 1.0) * h * w
+    ratio = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+    cw, ch = min(np.sqrt(area * ratio), w), min(np.sqrt(area / ratio), h)
+    x0, y0 = rng.uniform(0, w - cw), rng.uniform(0, h - ch)
+    box = (x0, y0, x0 + cw, y0 + ch)
+    bilinear = Image.Resampling.BILINEAR
+    image = np.asarray(Image.fromarray(image).resize((w, h), bilinear, box=box))
+    grey = Image.fromarray(mask[..., 0] * np.uint8(255)).resize((w, h), bilinear, box=box)
+    return image, (np.asarray(grey) >= 128).astype(np.uint8)[..., None]
+
+
+def color_jitter(image: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
+    """float32 (H, W, 3) in [0, 255] -> jittered, clipped to [0, 255].
+
+    Brightness (scale by b), contrast (towards the mean grey by c), saturation (towards each
+    pixel's grey by s) and hue (rotation of the YIQ chroma plane) are all affine in RGB, so they
+    are folded into one 3x3 matrix and offset: one pass over the pixels.
+    """
+    b, c, s = rng.uniform(1 - strength, 1 + strength, 3)
+    angle = 2 * np.pi * rng.uniform(-strength / 4, strength / 4)
+    mean_grey = float(image.reshape(-1, 3).mean(0) @ _LUMA)
+    cos, sin = np.cos(angle), np.sin(angle)
+    hue = _YIQ2RGB @ np.array([[1, 0, 0], [0, cos, -sin], [0, sin, cos]], np.float32) @ _RGB2YIQ
+    sat = s * np.eye(3, dtype=np.float32) + (1 - s) * np.outer(np.ones(3, np.float32), _LUMA)
+    colour = hue @ sat
+    matrix = colour * (c * b)
+    offset = colour @ np.full(3, (1 - c) * b * mean_grey, np.float32)
+    out = image @ matrix.T.astype(np.float32) + offset.astype(np.float32)
+    return np.clip(out, 0.0, 255.0, out=out)
+
+
+def augment(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
+            cfg: AugmentConfig) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 image (H,W,3) and mask (H,W,1) -> float32 image in [0, 255] and uint8 mask."""
+    if cfg.crop_scale < 1.0:
+        image, mask = random_resized_crop(image, mask, rng, cfg.crop_scale)
+    if cfg.flip:
+        if rng.random() < 0.5:
+            image, mask = image[:, ::-1], mask[:, ::-1]
+        if rng.random() < 0.5:
+            image, mask = image[::-1], mask[::-1]
+    if cfg.rot90:
+        k = int(rng.integers(4))
+        image, mask = np.rot90(image, k), np.rot90(mask, k)
+    image = image.astype(np.float32)
+    if cfg.color_jitter > 0:
+        image = color_jitter(image, rng, cfg.color_jitter)
+    return image, np.ascontiguousarray(mask)

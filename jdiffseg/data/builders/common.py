@@ -1,0 +1,120 @@
+"""Pieces every builder shares: feature spec, DatasetInfo, manual_dir access, split carving,
+and loading one (image, mask) pair with the checks users' data needs."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow_datasets as tfds
+from etils import epath
+
+from jdiffseg.data.files import Entry
+from jdiffseg.data.images import (
+    DataError,
+    decode_image,
+    decode_mask,
+    report_note,
+    resize_image,
+    resize_mask,
+)
+
+VERSION = tfds.core.Version("1.0.0")
+RELEASE_NOTES = {"1.0.0": "First release."}
+SPLITS = ("train", "validation", "test")
+
+
+class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Base of all builders here: unregistered (no name clashes with TFDS's catalogue) and
+    locating its own source file directly, which TFDS otherwise does through
+    `importlib_resources`, a package that is absent when TensorFlow's extras are not installed."""
+
+    @tfds.core.utils.classproperty
+    @classmethod
+    def code_path(cls) -> epath.Path:
+        return epath.Path(inspect.getfile(cls))
+
+
+def _tensor(shape: tuple[int, ...], dtype: Any, doc: str) -> tfds.features.Tensor:
+    return tfds.features.Tensor(shape=shape, dtype=dtype, encoding=tfds.features.Encoding.ZLIB,
+                                doc=doc)
+
+
+def features(size: int, instances: bool = False) -> tfds.features.FeaturesDict:
+    """image uint8 (S,S,3), mask uint8 (S,S,1) in {0,1}, id; optionally an instance map."""
+    spec = {
+        "image": _tensor((size, size, 3), np.uint8, "RGB image"),
+        "mask": _tensor((size, size, 1), np.uint8, "binary mask, 1 = foreground"),
+        "id": tfds.features.Text(doc="source file stem (and patch position)"),
+    }
+    if instances:
+        spec["instances"] = _tensor((size, size), np.int32, "instance labels, 0 = background")
+    return tfds.features.FeaturesDict(spec)
+
+
+def dataset_info(builder: tfds.core.DatasetBuilder, description: str, size: int, *,
+                 instances: bool = False, homepage: str | None = None,
+                 citation: str | None = None) -> tfds.core.DatasetInfo:
+    """DatasetInfo built directly (no package metadata files needed)."""
+    return tfds.core.DatasetInfo(
+        builder=builder, description=description, features=features(size, instances),
+        supervised_keys=("image", "mask"), homepage=homepage, citation=citation)
+
+
+@dataclasses.dataclass(eq=False)
+class SegConfig(tfds.core.BuilderConfig):
+    """Options shared by the real-data builders (all change the stored data)."""
+
+    image_size: int = 256
+    val_fraction: float = 0.1
+    seed: int = 0
+
+
+def config_name(base: str, parts: Sequence[tuple[str, Any, Any]]) -> str:
+    """`base` plus `<fmt>` for each (fmt, value, default) whose value is not the default."""
+    extra = [fmt.format(v) for fmt, v, default in parts if v != default]
+    return "_".join([p for p in (base, *extra) if p])
+
+
+def manual_root(dl_manager: tfds.download.DownloadManager, what: str) -> Path:
+    """The manual_dir, or a `DataError` naming it and repeating the instructions."""
+    try:
+        return Path(str(dl_manager.manual_dir))
+    except AssertionError as e:
+        raise DataError(f"{what}: {e}") from e
+
+
+def carve(keys: Sequence[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Splits sorted `keys` into (rest, carved) with a fixed-seed permutation."""
+    keys = sorted(keys)
+    n = round(len(keys) * fraction)
+    if fraction > 0 and len(keys) > 1:
+        n = min(max(n, 1), len(keys) - 1)
+    order = np.random.default_rng(seed).permutation(len(keys))
+    carved = {keys[i] for i in order[:n]}
+    return [k for k in keys if k not in carved], [k for k in keys if k in carved]
+
+
+def non_empty(splits: dict[str, Sequence]) -> dict[str, Sequence]:
+    """Drops splits with no items: TFDS cannot write an empty split (e.g. val_fraction=0)."""
+    return {name: items for name, items in splits.items() if len(items)}
+
+
+def load_pair(image: Entry, mask: Entry, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Decodes, checks and resizes one pair: uint8 (S,S,3) and uint8 (S,S,1) in {0,1}."""
+    img = decode_image(image.read_bytes(), image.name)
+    m, note = decode_mask(mask.read_bytes(), mask.name)
+    report_note(note, mask.name)
+    if img.shape[:2] != m.shape:
+        raise DataError(
+            f"mask {mask.name} is {m.shape[1]}x{m.shape[0]} (WxH) but its image {image.name} is "
+            f"{img.shape[1]}x{img.shape[0]}")
+    return resize_image(img, size), resize_mask(m, size)[..., None]
+
+
+def example(key: str, image: np.ndarray, mask: np.ndarray, **extra: np.ndarray) -> dict:
+    return {"id": key, "image": image, "mask": mask, **extra}

@@ -1,0 +1,158 @@
+"""The grain input pipeline: prepared TFDS data -> per-process numpy batches -> global arrays.
+
+Training: endless, seeded shuffling (reshuffled every epoch), each process reading a disjoint
+shard (`grain.sharding.ShardOptions`), augmentation with a per-record RNG derived from the seed
+(so results do not depend on the number of workers), fixed per-process batches. The iterator of
+the returned `grain.DataLoader` has `get_state()` / `set_state()`; restoring a saved state resumes
+with exactly the batches that would have followed.
+
+Evaluation: one pass in file order; the split is cut into `process_count` contiguous shards padded
+to the same whole number of batches, so every process runs the same number of steps; padded
+rows have `valid == 0` and `index == -1`.
+
+Every batch is {'image': float32 (b,H,W,3) in [-1,1], 'mask': float32 (b,H,W,1) in {0,1},
+'valid': float32 (b,), 'index': int32 (b,) record index in the split}, b the per-process batch.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+from absl import flags
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jdiffseg.data.augment import AugmentConfig, augment
+from jdiffseg.data.config import resolve
+from jdiffseg.data.registry import build_dataset, make_builder
+
+
+class IndexedSource:
+    """Random access over `indices` of a TFDS data source; -1 yields an all-zero padding row.
+
+    Rows keep only what the pipeline needs (image, mask) plus the record index."""
+
+    def __init__(self, source: Any, indices: np.ndarray):
+        self._source = source
+        self._indices = np.asarray(indices, np.int64)
+        self._blank: dict[str, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return len(self._indices)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        j = int(self._indices[i])
+        if j < 0:
+            if self._blank is None:
+                first = self._source[0]
+                self._blank = {k: np.zeros_like(first[k]) for k in ("image", "mask")}
+            return {**self._blank, "index": np.int32(-1)}
+        rec = self._source[j]
+        return {"image": rec["image"], "mask": rec["mask"], "index": np.int32(j)}
+
+    def __repr__(self) -> str:
+        return f"IndexedSource({self._source!r}, {len(self)} rows)"
+
+
+class Augment(grain.transforms.RandomMap):
+    """Random augmentation of a training row (see `jdiffseg.data.augment`)."""
+
+    def __init__(self, cfg: AugmentConfig):
+        self.cfg = cfg
+
+    def random_map(self, row: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+        image, mask = augment(row["image"], row["mask"], rng, self.cfg)
+        return {**row, "image": image, "mask": mask}
+
+
+class Normalise(grain.transforms.Map):
+    """uint8/float [0, 255] image -> float32 [-1, 1]; mask -> float32 {0, 1}; adds `valid`."""
+
+    def map(self, row: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "image": np.asarray(row["image"], np.float32) / np.float32(127.5) - np.float32(1.0),
+            "mask": np.asarray(row["mask"], np.float32),
+            "valid": np.float32(row["index"] >= 0),
+            "index": row["index"],
+        }
+
+
+def default_shard() -> tuple[int, int]:
+    return jax.process_index(), jax.process_count()
+
+
+def per_process_batch(global_batch: int, process_count: int) -> int:
+    if global_batch % process_count:
+        raise ValueError(f"global batch size {global_batch} is not divisible by the "
+                         f"{process_count} processes")
+    return global_batch // process_count
+
+
+def eval_indices(n: int, shard: tuple[int, int], batch: int) -> np.ndarray:
+    """Contiguous shard `shard[0]` of `shard[1]` over range(n), padded with -1 to a whole number
+    of batches that is the same for every shard."""
+    index, count = shard
+    per_shard = math.ceil(n / count)
+    length = max(math.ceil(per_shard / batch), 1) * batch
+    own = np.array_split(np.arange(n), count)[index]
+    return np.concatenate([own, np.full(length - len(own), -1, np.int64)])
+
+
+def data_source(config: ml_collections.ConfigDict, split: str) -> Any:
+    """Random-access source of a prepared split (prepared first if needed)."""
+    data = config.data
+    builder = make_builder(data)
+    if not builder.is_prepared():
+        builder = build_dataset(config)
+    if split not in builder.info.splits:
+        raise ValueError(f"{data.name}: no split {split!r}; have {list(builder.info.splits)}")
+    return builder.as_data_source(split)
+
+
+def make_loader(config: ml_collections.ConfigDict, split: str, *, train: bool, seed: int,
+                shard: tuple[int, int] | None = None) -> grain.DataLoader:
+    """A grain DataLoader over `split` for this process (see the module docstring)."""
+    data = resolve(config.data)
+    shard = default_shard() if shard is None else shard
+    source = data_source(config, split)
+    if len(source) == 0:
+        raise ValueError(f"{data.name}: split {split!r} is empty")
+    if train:
+        batch = per_process_batch(int(data.batch_size), shard[1])
+        if len(source) < batch * shard[1]:
+            raise ValueError(f"{data.name}/{split}: {len(source)} examples are fewer than one "
+                             f"global batch of {batch * shard[1]}")
+        sampler = grain.samplers.IndexSampler(
+            num_records=len(source), shuffle=True, num_epochs=None, seed=seed,
+            shard_options=grain.sharding.ShardOptions(shard[0], shard[1], drop_remainder=True))
+        rows = IndexedSource(source, np.arange(len(source)))
+        ops = [Augment(AugmentConfig.from_config(data.augment))]
+    else:
+        batch = per_process_batch(int(data.eval_batch_size), shard[1])
+        rows = IndexedSource(source, eval_indices(len(source), shard, batch))
+        sampler = grain.samplers.IndexSampler(num_records=len(rows), shuffle=False, num_epochs=1,
+                                              seed=seed)
+        ops = []
+    ops += [Normalise(), grain.transforms.Batch(batch, drop_remainder=train)]
+    if int(data.num_workers) > 0 and not flags.FLAGS.is_parsed():
+        # grain's worker processes read absl flags; outside an absl app (tests, notebooks) use
+        # their defaults instead of failing.
+        flags.FLAGS.mark_as_parsed()
+    return grain.DataLoader(data_source=rows, sampler=sampler, operations=ops,
+                            worker_count=int(data.num_workers))
+
+
+def split_size(config: ml_collections.ConfigDict, split: str) -> int:
+    """Number of examples in a prepared split."""
+    return len(data_source(config, split))
+
+
+def to_global(batch: dict[str, np.ndarray], mesh: Mesh, axis: str | tuple[str, ...] = "data"
+              ) -> dict[str, jax.Array]:
+    """Per-process numpy batch -> global jax.Arrays sharded over `axis` of `mesh` (batch dim)."""
+    sharding = NamedSharding(mesh, PartitionSpec(axis))
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
