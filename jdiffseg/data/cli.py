@@ -6,15 +6,12 @@ import argparse
 from pathlib import Path
 
 import ml_collections
-import numpy as np
-from PIL import Image
 
+from jdiffseg import figures
 from jdiffseg.data.config import data_config_defaults
 from jdiffseg.data.images import DataError
 from jdiffseg.data.pipeline import make_loader
 from jdiffseg.data.registry import NAMES, build_dataset
-
-_OVERLAY = np.array([0, 255, 80], np.float32)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -60,32 +57,15 @@ def config_from_args(args: argparse.Namespace) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict({"data": data})
 
 
-def overlay_grid(images: np.ndarray, masks: np.ndarray, columns: int = 8) -> np.ndarray:
-    """uint8 grid: each image with its mask tinted green and its boundary drawn solid."""
-    m = masks[..., 0].astype(bool)
-    edge = m & ~(np.roll(m, 1, 1) & np.roll(m, -1, 1) & np.roll(m, 1, 2) & np.roll(m, -1, 2))
-    tiles = images.astype(np.float32)
-    tiles = np.where(m[..., None], 0.7 * tiles + 0.3 * _OVERLAY, tiles)
-    tiles = np.where(edge[..., None], _OVERLAY, tiles).astype(np.uint8)
-    n, h, w, _ = tiles.shape
-    rows = -(-n // columns)
-    cols = min(columns, n)
-    grid = np.full((rows * (h + 2), cols * (w + 2), 3), 255, np.uint8)
-    for i, tile in enumerate(tiles):
-        r, c = divmod(i, cols)
-        grid[r * (h + 2) + 1:r * (h + 2) + 1 + h, c * (w + 2) + 1:c * (w + 2) + 1 + w] = tile
-    return grid
-
-
 def _show(config: ml_collections.ConfigDict, args: argparse.Namespace) -> None:
     config.data.batch_size = config.data.eval_batch_size = args.num
     loader = make_loader(config, args.split, train=args.augment, seed=0, shard=(0, 1))
     batch = next(iter(loader))
     keep = batch["valid"] > 0
-    images = np.round((batch["image"][keep] + 1.0) * 127.5).astype(np.uint8)
     out = Path(args.out).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(overlay_grid(images, batch["mask"][keep])).save(out)
+    ids = [str(i) for i in batch["index"][keep]]
+    figures.overlay_grid(out, batch["image"][keep], batch["mask"][keep], ids=ids, ncols=8)
     print(f"wrote {out} ({int(keep.sum())} examples of {config.data.name}/{args.split})")
 
 
