@@ -17,7 +17,7 @@ import importlib
 import sys
 from collections.abc import Callable
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 SUBCOMMANDS: dict[str, str] = {
@@ -33,9 +33,9 @@ SUBCOMMANDS: dict[str, str] = {
 # Subcommand name -> "module:function" taking the argv that follows the subcommand.
 _ENTRY_POINTS: dict[str, str] = {
     "train": "jdiffseg.commands:train_main",
-    "evaluate": "jdiffseg.commands:evaluate_main",
-    "report": "jdiffseg.commands:report_main",
-    "analyze": "jdiffseg.commands:analyze_main",
+    "evaluate": "jdiffseg.evaluate:main",
+    "report": "jdiffseg.report:main",
+    "analyze": "jdiffseg.analysis:main",
     "sweep": "jdiffseg.commands:sweep_main",
     "data": "jdiffseg.data.cli:data_main",
     "demo": "jdiffseg.commands:demo_main",
@@ -83,6 +83,7 @@ def run() -> None:
 
     def parse_global(argv: list[str]) -> list[str]:
         flags.FLAGS(argv[:1])  # absl's own flags at defaults; subcommands parse the rest
+        logging.set_verbosity(logging.WARNING)  # keep library INFO chatter off the console
         return argv
 
     app.run(lambda argv: sys.exit(dispatch(argv[1:])), flags_parser=parse_global)
