@@ -1,0 +1,74 @@
+"""The study's grid as config: one architecture × dataset × mode × preset, used by the files in
+`configs/` so every architecture accepts the same `get_config` arguments:
+
+    dataset = synthetic | isic2016 | monuseg | her2   (synthetic: variant = lesion|nuclei|tissue)
+    mode    = diffusion (E2) | feedforward (E1) | mask_only (E3) | image_generation (E4)
+    preset  = paper (the authors' 256 px settings) | tiny (a CPU-sized model at 64 px)
+
+What depends on the mode rather than the architecture is set here: E1 trains a plain segmenter
+(sigmoid output, no σ channels); E3 predicts x0 directly with a fixed variance, so its loss is the
+x0 MSE the analysis compares against; E4 keeps the architecture's diffusion settings.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+from jdiffseg.configlib import base_config, parse_arg
+from jdiffseg.models import apply_preset
+
+DATASETS = ("synthetic", "isic2016", "monuseg", "her2")
+# The synthetic flavour that stands in for each real dataset.
+SYNTHETIC_FOR = {"isic2016": "lesion", "monuseg": "nuclei", "her2": "tissue"}
+MODES = ("diffusion", "feedforward", "mask_only", "image_generation")
+PRESETS = ("paper", "tiny")
+
+
+def parse(arg: str | None, *, mode: str = "diffusion") -> ml_collections.ConfigDict:
+    """The common `get_config` arguments (dataset, variant, mode, preset), validated."""
+    args = parse_arg(arg, dataset="synthetic", variant="lesion", mode=mode, preset="tiny")
+    for key, allowed in (("dataset", DATASETS), ("mode", MODES), ("preset", PRESETS)):
+        if args[key] not in allowed:
+            raise ValueError(f"config argument {key}={args[key]!r} is not one of {allowed}")
+    return args
+
+
+def build(arch: str, args: ml_collections.ConfigDict, overrides: dict[str, Any]) -> Any:
+    """A full config: base tree, then the arch's preset, then `overrides` (dotted keys, the
+    authors' hyperparameters), then what the dataset, mode and preset imply."""
+    c = base_config()
+    c.model.mode = args.mode
+    apply_preset(c.model, arch, args.preset)
+    for dotted, value in overrides.items():
+        section, key = dotted.split(".", 1)
+        c[section][key] = value
+
+    c.data.name = args.dataset
+    c.data.variant = args.variant
+    if args.preset == "paper":
+        c.data.image_size = 256
+        c.train.steps = 100_000
+        c.train.log_every = 100
+        c.train.eval_every = 5_000
+        c.train.checkpoint_every = 5_000
+    else:
+        c.data.image_size = 64
+        c.data.batch_size = 16
+        c.data.eval_batch_size = 16
+        c.train.steps = 2_000
+        c.train.lr = 3e-4
+        c.train.warmup_steps = 100
+        c.train.ema_decay = 0.999
+        c.eval.sampling_steps = 25
+
+    if args.mode == "feedforward":
+        c.model.learn_sigma = False
+        c.diffusion.use_vb = False
+    elif args.mode == "mask_only":
+        c.model.learn_sigma = False
+        c.diffusion.prediction = "x0"
+        c.diffusion.variance = "fixed_large"
+        c.diffusion.use_vb = False
+    return c

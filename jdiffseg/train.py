@@ -1,0 +1,450 @@
+"""`train_and_evaluate(config, workdir)`: trains any architecture in any mode, resumable.
+
+    jdiffseg train --config=configs/default.py --workdir=runs/default
+
+Sections follow the order of a run: mesh, input, model, update step, resume, loop. One jitted
+step over a device mesh (batch split over 'data', state replicated or FSDP-sharded, state
+buffers donated). Randomness is `fold_in(PRNGKey(seed), step)` and the data order is the saved
+grain iterator state, so a run killed at any moment and restarted ends with the same params as
+an uninterrupted one. SIGTERM saves a checkpoint and exits; a non-finite loss stops the run
+naming the step and leaves the last good checkpoint untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+
+from jdiffseg import (
+    checkpoint,
+    configlib,
+    diffusion,
+    inference,
+    metrics,
+    objectives,
+    optim,
+    runlog,
+    sharding,
+    timesteps,
+)
+from jdiffseg.data import pipeline
+from jdiffseg.models import build_model
+
+# fold_in tags of the root key: one stream per purpose.
+INIT_STREAM, TRAIN_STREAM, VAL_STREAM = 0, 1, 2
+MASK_MODES = ("diffusion", "feedforward")
+# A preempted run exits with 128 + SIGTERM, as if the signal had ended it (schedulers requeue).
+PREEMPTED_EXIT = 128 + signal.SIGTERM
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss or the gradient norm became NaN/Inf; the run stops without saving."""
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a resumed run needs besides the data position."""
+
+    step: jax.Array  # int32 (): optimiser steps taken
+    params: Any
+    batch_stats: Any  # BatchNorm statistics ({} for models without BatchNorm)
+    opt_state: Any
+    ema_params: Any
+    timesteps: timesteps.TimestepState
+    nonfinite_step: jax.Array  # int32 (): first step with a NaN/Inf loss, -1 if none
+
+
+# ------------------------------------------------------------------------------------ model
+
+
+def init_train_state(
+    config: Any, model: Any, tx: optax.GradientTransformation, image_shape: tuple[int, ...]
+) -> Callable[[jax.Array], TrainState]:
+    """A function key -> fresh TrainState (jit it with out_shardings to init in place)."""
+    obj = objectives.from_config(config)
+    sampler = timesteps.from_config(config.diffusion)
+    B, H, W, C = image_shape
+    x_channels = C if obj.mode == "image_generation" else 1
+
+    def init(key: jax.Array) -> TrainState:
+        params_key, dropout_key = jax.random.split(key)
+        x_t = jnp.zeros((B, H, W, x_channels), jnp.float32)
+        image = jnp.zeros((B, H, W, C), jnp.float32) if obj.mode in MASK_MODES else None
+        t = objectives.model_timesteps(obj, jnp.zeros((B,), jnp.int32))
+        variables = model.init(
+            {"params": params_key, "dropout": dropout_key}, x_t, t, image, train=False
+        )
+        params = variables["params"]
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            batch_stats=variables.get("batch_stats", {}),
+            opt_state=tx.init(params),
+            ema_params=jax.tree.map(lambda p: p.astype(jnp.float32), params),
+            timesteps=timesteps.init_state(sampler),
+            nonfinite_step=jnp.full((), -1, jnp.int32),
+        )
+
+    return init
+
+
+# ------------------------------------------------------------------------------ update step
+
+
+def make_train_step(
+    config: Any, model: Any, tx: optax.GradientTransformation
+) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
+    """The (unjitted) update: gradients over `grad_accum` micro-batches, AdamW, EMA,
+    importance-sampler history, NaN bookkeeping. Returns the new state and scalar metrics."""
+    obj = objectives.from_config(config)
+    schedule = diffusion.from_config(config.diffusion)
+    sampler = timesteps.from_config(config.diffusion)
+    loss_fn = objectives.make_loss_fn(obj, model, schedule, sampler)
+    accum = int(config.train.grad_accum)
+    ema_decay = float(config.train.ema_decay)
+    lr_fn = optim.learning_rate_schedule(config.train)
+    train_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), TRAIN_STREAM)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def step_fn(state: TrainState, batch: dict[str, jax.Array]):
+        key = jax.random.fold_in(train_key, state.step)
+        if accum == 1:
+            (_, aux), grads = grad_fn(
+                state.params, state.batch_stats, batch, key, state.timesteps
+            )
+            batch_stats, scalars = aux["batch_stats"], aux["metrics"]
+            t, per_example = aux["t"], aux["per_example"]
+        else:
+            micro = jax.tree.map(
+                lambda x: jnp.swapaxes(x.reshape(x.shape[0] // accum, accum, *x.shape[1:]), 0, 1),
+                batch,
+            )
+
+            def body(carry, inputs):
+                grads_sum, stats = carry
+                i, mb = inputs
+                (_, aux), g = grad_fn(
+                    state.params, stats, mb, jax.random.fold_in(key, i), state.timesteps
+                )
+                grads_sum = jax.tree.map(jnp.add, grads_sum, g)
+                outputs = (aux["metrics"], aux["t"], aux["per_example"])
+                return (grads_sum, aux["batch_stats"]), outputs
+
+            zeros = jax.tree.map(jnp.zeros_like, state.params)
+            (grads, batch_stats), (scalars, t, per_example) = jax.lax.scan(
+                body, (zeros, state.batch_stats), (jnp.arange(accum), micro)
+            )
+            grads = jax.tree.map(lambda g: g / accum, grads)
+            scalars = jax.tree.map(jnp.mean, scalars)
+            t, per_example = t.reshape(-1), per_example.reshape(-1)
+
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(scalars["loss"]) & jnp.isfinite(grad_norm)
+        first_bad = jnp.where(
+            (state.nonfinite_step < 0) & ~finite, state.step + 1, state.nonfinite_step
+        )
+        new_state = TrainState(
+            step=state.step + 1,
+            params=params,
+            batch_stats=batch_stats,
+            opt_state=opt_state,
+            ema_params=optim.ema_update(state.ema_params, params, ema_decay),
+            timesteps=timesteps.update(sampler, state.timesteps, t, per_example),
+            nonfinite_step=first_bad,
+        )
+        scalars = {**scalars, "grad_norm": grad_norm, "lr": lr_fn(state.step)}
+        return new_state, scalars
+
+    return step_fn
+
+
+def jit_train_step(step_fn: Callable, state_shardings: Any, mesh: Mesh) -> Callable:
+    """`step_fn` jitted over `mesh` with the state donated."""
+    return jax.jit(
+        step_fn,
+        in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+        out_shardings=(state_shardings, sharding.replicated(mesh)),
+        donate_argnums=(0,),
+    )
+
+
+# -------------------------------------------------------------------------------- validation
+
+
+def _device_batch(batch: dict[str, np.ndarray], mesh: Mesh, keys: tuple[str, ...]) -> Any:
+    """The global arrays of `keys` of a per-process host batch."""
+    return pipeline.to_global({k: batch[k] for k in keys}, mesh)
+
+
+def load_validation(config: Any, mesh: Mesh) -> list[dict[str, jax.Array]]:
+    """The first batches of the validation split covering `config.eval.val_num_examples`
+    examples (all when -1), as global arrays with the pipeline's 'valid' flags."""
+    sharding.check_batch_size(config.data.eval_batch_size, mesh, "config.data.eval_batch_size")
+    loader = pipeline.make_loader(
+        config, "validation", train=False, seed=config.seed,
+        shard=(jax.process_index(), jax.process_count()),
+    )
+    wanted = int(config.eval.val_num_examples)
+    per_process = -(-wanted // jax.process_count()) if wanted > 0 else None
+    batches, seen = [], 0
+    for batch in loader:
+        batches.append(_device_batch(batch, mesh, ("image", "mask", "valid")))
+        seen += len(batch["image"])
+        if per_process is not None and seen >= per_process:
+            break
+    return batches
+
+
+def make_validator(
+    config: Any, model: Any, mesh: Mesh
+) -> Callable[[TrainState, list[dict[str, jax.Array]]], dict[str, float]]:
+    """validate(state, batches) -> {'val_loss', and for mask modes 'val_dice', 'val_iou',
+    'val_ece_top_label', ...}: the loss at random t with a fixed key, and metrics of a small
+    DDIM ensemble (or the sigmoid) of the EMA (or raw) params."""
+    obj = objectives.from_config(config)
+    schedule = diffusion.from_config(config.diffusion)
+    sampler = timesteps.from_config(config.diffusion)
+    loss_fn = objectives.make_loss_fn(obj, model, schedule, sampler)
+    rep = sharding.replicated(mesh)
+    val_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), VAL_STREAM)
+    use_ema = bool(config.eval.use_ema)
+    num_bins = int(config.eval.num_bins)
+    threshold = float(config.eval.threshold)
+    predict = None
+    if obj.mode in MASK_MODES:
+        options = inference.options_from_config(config, validation=True)
+        predict = inference.make_predictor(config, model, options, schedule=schedule, mesh=mesh)
+
+    @jax.jit
+    def batch_loss(state: TrainState, batch: dict[str, jax.Array], key: jax.Array):
+        params = state.ema_params if use_ema else state.params
+        _, aux = loss_fn(params, state.batch_stats, batch, key, state.timesteps, train=False)
+        valid = batch["valid"].astype(jnp.float32)
+        return jnp.sum(aux["per_example"] * valid), jnp.sum(valid)
+
+    update = jax.jit(metrics.update, out_shardings=rep)
+
+    def validate(state: TrainState, batches: list[dict[str, jax.Array]]) -> dict[str, float]:
+        total, count = 0.0, 0.0
+        acc = metrics.init(num_bins)
+        variables = {"params": state.ema_params if use_ema else state.params}
+        if state.batch_stats:
+            variables["batch_stats"] = state.batch_stats
+        for i, batch in enumerate(batches):
+            key = jax.random.fold_in(val_key, i)
+            s, n = batch_loss(state, batch, key)
+            total, count = total + s, count + n
+            if predict is not None:
+                probs = predict(variables, batch["image"], key)["mean"]
+                acc = update(acc, probs, batch["mask"], threshold, batch["valid"])
+        out = {"val_loss": float(total / jnp.maximum(count, 1.0))}
+        if predict is not None:
+            computed = sharding.fetch(metrics.compute(acc))
+            out.update({f"val_{k}": float(v) for k, v in computed.items()
+                        if k not in ("num_images", "num_pixels")})
+        return out
+
+    return validate
+
+
+# --------------------------------------------------------------------------------- helpers
+
+
+def _check_resume_config(workdir: str, config: Any) -> None:
+    """Refuses to resume a run whose model, diffusion or data differ from `config`."""
+    path = os.path.join(workdir, runlog.CONFIG_FILE)
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        saved = json.load(f)
+    current = json.loads(configlib.to_json(config))
+    for section in ("model", "diffusion", "data"):
+        a, b = saved.get(section, {}), current.get(section, {})
+        diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        if diff:
+            raise ValueError(
+                f"workdir {workdir} holds a run with a different config.{section} "
+                f"(keys {diff}); use a new --workdir or the same config to resume"
+            )
+
+
+@contextlib.contextmanager
+def _sigterm_flag() -> Iterator[dict[str, bool]]:
+    """A flag set by SIGTERM while training (main thread of a single process only)."""
+    flag = {"set": False}
+    if jax.process_count() > 1 or not _in_main_thread():
+        yield flag
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        flag["set"] = True
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _preempted(flag: dict[str, bool], step: int) -> bool:
+    if jax.process_count() > 1:
+        return multihost_utils.reached_preemption_sync_point(step)
+    return flag["set"]
+
+
+def best_metric_name(config: Any) -> str:
+    """The validation metric that picks the best checkpoint ('val_loss' for generative modes)."""
+    if config.model.mode in MASK_MODES:
+        return f"val_{config.train.best_metric}"
+    return "val_loss"
+
+
+# ------------------------------------------------------------------------------------ main
+
+
+def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
+    """Trains (or resumes) the run in `workdir`; returns the last validation metrics."""
+    # ---- mesh
+    sharding.maybe_initialize_distributed(config.train)
+    mesh = sharding.make_mesh()
+    os.makedirs(workdir, exist_ok=True)
+    _check_resume_config(workdir, config)
+    runlog.write_config(workdir, config)
+    total_steps = int(config.train.steps)
+    accum = int(config.train.grad_accum)
+    local_batch = sharding.check_batch_size(
+        config.data.batch_size, mesh, "config.data.batch_size"
+    )
+    if accum < 1 or config.data.batch_size % (accum * mesh.devices.size):
+        raise ValueError(
+            f"config.data.batch_size={config.data.batch_size} must be divisible by "
+            f"config.train.grad_accum={accum} x {mesh.devices.size} devices"
+        )
+
+    # ---- input
+    shard = (jax.process_index(), jax.process_count())
+    train_loader = pipeline.make_loader(config, "train", train=True, seed=config.seed, shard=shard)
+    train_iter = iter(train_loader)
+    val_batches = load_validation(config, mesh)
+    image_shape = (local_batch * jax.process_count(), *val_batches[0]["image"].shape[1:])
+
+    # ---- model
+    image_channels = image_shape[-1]
+    model = build_model(config.model, image_channels=image_channels, mask_channels=1)
+    tx = optim.make_optimizer(config.train)
+    init_fn = init_train_state(config, model, tx, image_shape)
+    abstract = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
+    state_sh = sharding.state_shardings(abstract, mesh, fsdp=bool(config.train.fsdp))
+    init_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), INIT_STREAM)
+    state = jax.jit(init_fn, out_shardings=state_sh)(init_key)
+
+    # ---- update step
+    train_step = jit_train_step(make_train_step(config, model, tx), state_sh, mesh)
+    validate = make_validator(config, model, mesh)
+
+    # ---- resume
+    best_name = best_metric_name(config)
+    ckpt = checkpoint.Checkpointer(
+        workdir, keep=int(config.train.keep_checkpoints), best_metric=best_name
+    )
+    if ckpt.latest_step() is not None:
+        target = jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sh
+        )
+        try:
+            state, _ = ckpt.restore("latest", target, data_iterator=train_iter)
+        except ValueError as e:
+            raise ValueError(
+                f"the checkpoint in {ckpt.directory} does not fit this config's train state "
+                f"(did config.train change the optimiser, e.g. grad_clip?): {e}"
+            ) from e
+    step = int(state.step)
+    writer = runlog.MetricWriter(workdir, resume_step=step)
+    if step:
+        print(f"resuming {workdir} at step {step}", file=sys.stderr)
+
+    # ---- loop
+    progress = runlog.Progress(total_steps, step, config.data.batch_size)
+    log_every = max(int(config.train.log_every), 1)
+    eval_every = int(config.train.eval_every)
+    ckpt_every = int(config.train.checkpoint_every)
+    last_val: dict[str, float] = {}
+    pending: list[dict[str, jax.Array]] = []
+    t_last = time.perf_counter()
+
+    def check_finite() -> None:
+        bad = int(sharding.fetch(state.nonfinite_step))
+        if bad >= 0:
+            ckpt.close()
+            progress.close()
+            last = ckpt.latest_step()
+            where = f"step {last} in {ckpt.directory}" if last is not None else "none saved"
+            raise NonFiniteLossError(
+                f"non-finite loss or gradient at step {bad} (config.train.lr="
+                f"{config.train.lr}); stopped without saving. Last good checkpoint: {where}"
+            )
+
+    try:
+        with _sigterm_flag() as sigterm:
+            while step < total_steps:
+                if _preempted(sigterm, step):
+                    check_finite()
+                    ckpt.save(step, state, train_iter)
+                    ckpt.close()
+                    progress.write(f"SIGTERM: saved a checkpoint at step {step}; exiting")
+                    sys.exit(PREEMPTED_EXIT)
+                batch = _device_batch(next(train_iter), mesh, ("image", "mask"))
+                state, scalars = train_step(state, batch)
+                pending.append(scalars)
+                step += 1
+                progress.update(step)
+                if step % log_every == 0 or step == total_steps:
+                    means = {k: float(np.mean([float(p[k]) for p in pending])) for k in pending[0]}
+                    pending = []
+                    check_finite()
+                    now = time.perf_counter()
+                    rate = log_every * config.data.batch_size / max(now - t_last, 1e-9)
+                    t_last = now
+                    progress.update(step, means["loss"])
+                    writer.write(step, **means, images_per_sec=rate)
+                val = {}
+                if (eval_every > 0 and step % eval_every == 0) or step == total_steps:
+                    check_finite()
+                    val = validate(state, val_batches)
+                    last_val = val
+                    writer.write(step, **val)
+                    progress.write(
+                        f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in val.items())
+                    )
+                if (ckpt_every > 0 and step % ckpt_every == 0) or val or step == total_steps:
+                    check_finite()
+                    ckpt.save(step, state, train_iter, metrics=val or None)
+            if not last_val and ckpt.latest_step() is not None:
+                last_val = ckpt.metrics(ckpt.latest_step())
+    finally:
+        progress.close()
+    ckpt.close()
+    runlog.write_finished(workdir, {"step": step, **last_val})
+    return last_val
