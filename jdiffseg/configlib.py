@@ -160,6 +160,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.weight_decay = 0.0
     c.train.grad_clip = 1.0
     c.train.ema_decay = 0.999
+    c.train.ema_warmup = True  # decay min(ema_decay, (1 + step) / (10 + step))
     c.train.grad_accum = 1
     c.train.feedforward_t = 0  # the fixed timestep a feed-forward model sees
     c.train.cal_loss_weight = 10.0  # MedSegDiff calibration loss

@@ -48,7 +48,20 @@ def make_optimizer(train_config: Any) -> optax.GradientTransformation:
     return adamw
 
 
-def ema_update(ema: Any, params: Any, decay: float) -> Any:
+def ema_decay_at(step: jax.Array, decay: float, warmup: bool) -> jax.Array:
+    """The EMA decay used after `step` optimiser steps.
+
+    With `warmup`, `min(decay, (1 + step) / (10 + step))`: early averages forget the random
+    initialisation quickly, so a short run's EMA is usable; long runs see `decay` throughout.
+    """
+    decay = jnp.asarray(decay, jnp.float32)
+    if not warmup:
+        return decay
+    step = jnp.asarray(step, jnp.float32)
+    return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+
+
+def ema_update(ema: Any, params: Any, decay: float | jax.Array) -> Any:
     """`decay * ema + (1 - decay) * params`, leaf by leaf, in float32."""
     def one(e: jax.Array, p: jax.Array) -> jax.Array:
         return (decay * e + (1.0 - decay) * p.astype(jnp.float32)).astype(e.dtype)

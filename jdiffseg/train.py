@@ -164,7 +164,11 @@ def make_train_step(
             params=params,
             batch_stats=batch_stats,
             opt_state=opt_state,
-            ema_params=optim.ema_update(state.ema_params, params, ema_decay),
+            ema_params=optim.ema_update(
+                state.ema_params,
+                params,
+                optim.ema_decay_at(state.step, ema_decay, bool(config.train.ema_warmup)),
+            ),
             timesteps=timesteps.update(sampler, state.timesteps, t, per_example),
             nonfinite_step=first_bad,
         )
