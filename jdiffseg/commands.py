@@ -40,17 +40,7 @@ def sweep_main(argv: list[str]) -> int:
 
 
 # The miniature study: small enough for about ten minutes on two CPU cores.
-DEMO_OVERRIDES = {
-    "data.image_size": 32,
-    "data.num_train_examples": 512,
-    "data.num_val_examples": 32,
-    "data.num_test_examples": 64,
-    "model.base_channels": 16,
-    "train.steps": 1500,
-    "train.log_every": 100,
-    "train.eval_every": 500,
-    "train.checkpoint_every": 500,
-}
+DEMO_OVERRIDES = {"data.num_val_examples": 32, "data.num_test_examples": 64}
 DEMO_EVAL = {"eval.ensemble_size": 5, "eval.sampler": "ddim", "eval.sampling_steps": 20}
 DEMO_ANALYSIS = {"analysis.num_images": 32, "analysis.t_stride": 10}
 

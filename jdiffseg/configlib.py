@@ -7,8 +7,11 @@ config file accepts the same syntax and rejects unknown keys with the same messa
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import ml_collections
@@ -49,6 +52,19 @@ def _convert(value: str, default: Any, key: str) -> Any:
     if isinstance(default, float):
         return float(value)
     return value
+
+
+def load_config_file(path: str | os.PathLike[str], arg: str | None) -> ml_collections.ConfigDict:
+    """`get_config(arg)` of a config file, locked, as `--config=path:arg` gives it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    spec = importlib.util.spec_from_file_location(f"_jdiffseg_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(arg)
+    config.lock()
+    return config
 
 
 def update(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> None:

@@ -9,9 +9,7 @@ are already there, so an interrupted study picks up where it stopped. `jdiffseg 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -49,19 +47,6 @@ class Plan:
             raise ValueError("the adapted runs need E2 and E3 (their fingerprint) in the plan")
 
 
-def load_config_file(path: str | os.PathLike[str], arg: str | None) -> ml_collections.ConfigDict:
-    """`get_config(arg)` of a config file, locked, as `--config=path:arg` would give it."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
-    spec = importlib.util.spec_from_file_location(f"_jdiffseg_config_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(arg)
-    config.lock()
-    return config
-
-
 def dataset_arg(dataset: str) -> str:
     """The config-file argument selecting `dataset` (a synthetic flavour or a real dataset)."""
     if dataset in SYNTHETIC_VARIANTS:
@@ -73,7 +58,7 @@ def run_config(plan: Plan, arch: str, dataset: str, mode: str) -> ml_collections
     """The config of one run: the architecture's file, the plan's preset and overrides."""
     mode_arg = "" if arch == "nnunet" else f",mode={mode}"
     arg = f"{dataset_arg(dataset)},preset={plan.preset}{mode_arg}"
-    config = load_config_file(CONFIG_DIR / f"{arch}.py", arg)
+    config = configlib.load_config_file(CONFIG_DIR / f"{arch}.py", arg)
     configlib.update(config, plan.overrides)
     return config
 
