@@ -43,7 +43,6 @@ import ml_collections
 import numpy as np
 from absl import flags
 from ml_collections import config_flags
-from tqdm import tqdm
 
 from jdiffseg import (
     checkpoint,
@@ -53,6 +52,7 @@ from jdiffseg import (
     inference,
     metrics,
     objectives,
+    runlog,
     sharding,
     stats,
 )
@@ -462,8 +462,7 @@ def evaluate(
     cases: dict[str, list[np.ndarray]] = {}
     key = jax.random.key(int(config.seed))
     start, predict_seconds = time.perf_counter(), 0.0
-    progress = tqdm(total=wanted, desc="evaluate", unit="img", disable=jax.process_index() != 0,
-                    file=sys.stderr)
+    progress = runlog.progress_bar(wanted, "evaluate", "img", enabled=jax.process_index() == 0)
     compiled, compile_seconds = None, 0.0
     for step, batch in enumerate(itertools.chain([first], batches)):
         arrays = pipeline.to_global(batch, mesh)

@@ -88,21 +88,28 @@ class MetricWriter:
             f.write(json.dumps(record) + "\n")
 
 
+def progress_bar(total: int, desc: str, unit: str, *, initial: int = 0, enabled: bool = True) -> tqdm:
+    """A tqdm bar on stderr; redrawn every second on a terminal, every 30 s into a log file."""
+    tty = sys.stderr.isatty()
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=desc,
+        unit=unit,
+        dynamic_ncols=tty,
+        ncols=None if tty else 100,
+        disable=not enabled,
+        file=sys.stderr,
+        mininterval=1.0 if tty else 30.0,
+    )
+
+
 class Progress:
     """A tqdm bar over training steps with loss, images/s and ETA (process 0 only)."""
 
     def __init__(self, total: int, initial: int, images_per_step: int) -> None:
         self.images_per_step = images_per_step
-        self._bar = tqdm(
-            total=total,
-            initial=initial,
-            desc="train",
-            unit="step",
-            dynamic_ncols=True,
-            disable=not is_primary(),
-            file=sys.stderr,
-            mininterval=1.0,
-        )
+        self._bar = progress_bar(total, "train", "step", initial=initial, enabled=is_primary())
         self._t0, self._s0 = time.perf_counter(), initial
 
     def update(self, step: int, loss: float | None = None) -> float:
