@@ -88,7 +88,9 @@ class MetricWriter:
             f.write(json.dumps(record) + "\n")
 
 
-def progress_bar(total: int, desc: str, unit: str, *, initial: int = 0, enabled: bool = True) -> tqdm:
+def progress_bar(
+    total: int, desc: str, unit: str, *, initial: int = 0, enabled: bool = True
+) -> tqdm:
     """A tqdm bar on stderr; redrawn every second on a terminal, every 30 s into a log file."""
     tty = sys.stderr.isatty()
     return tqdm(
