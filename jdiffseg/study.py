@@ -68,16 +68,12 @@ def _done(path: Path) -> bool:
 
 
 def _train(config: ml_collections.ConfigDict, workdir: Path, log: Callable[[str], None]) -> None:
-    from jdiffseg import checkpoint, train
+    from jdiffseg import runlog, train
 
-    steps = int(config.train.steps)
-    trained = None
-    if Path(checkpoint.checkpoint_dir(str(workdir))).is_dir():
-        trained = checkpoint.Checkpointer(str(workdir), read_only=True).latest_step()
-    if trained == steps:
-        log(f"  {workdir.name}: trained ({steps} steps)")
+    if runlog.is_finished(str(workdir)):
+        log(f"  {workdir.name}: trained")
         return
-    log(f"  {workdir.name}: training {steps} steps")
+    log(f"  {workdir.name}: training {config.train.steps} steps")
     start = time.perf_counter()
     train.train_and_evaluate(config, str(workdir))
     log(f"  {workdir.name}: trained in {time.perf_counter() - start:.0f} s")
