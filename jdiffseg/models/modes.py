@@ -1,0 +1,65 @@
+"""The four ways every architecture is run, and the channel bookkeeping they imply.
+
+* ``diffusion``: noisy mask ``x_t`` + image + ``t`` → prediction (ε or x0, σ if learned);
+* ``feedforward``: the same network as a plain segmenter; ``x_t`` is a constant (zero) mask
+  and ``t`` fixed by the caller; the output is mask logits (no σ channels);
+* ``mask_only``: noisy mask + ``t``; the image branch does not exist (``image`` must be None);
+* ``image_generation``: the backbone denoising images; ``x_t`` is the noisy image.
+"""
+
+from __future__ import annotations
+
+import jax
+
+MODES = ("diffusion", "feedforward", "mask_only", "image_generation")
+
+
+def check_mode(mode: str) -> None:
+    """Raises for an unknown mode, naming the known ones."""
+    if mode not in MODES:
+        raise ValueError(f"unknown model mode {mode!r}; expected one of {MODES}")
+
+
+def uses_image(mode: str) -> bool:
+    """Whether the network has an image (conditioning) branch in this mode."""
+    check_mode(mode)
+    return mode in ("diffusion", "feedforward")
+
+
+def x_channels(mode: str, image_channels: int, mask_channels: int) -> int:
+    """Channels of the ``x_t`` input: the image's for image generation, else the mask's."""
+    check_mode(mode)
+    return image_channels if mode == "image_generation" else mask_channels
+
+
+def out_channels(mode: str, image_channels: int, mask_channels: int, learn_sigma: bool) -> int:
+    """Output channels: ``x_t``'s channels, doubled when σ is learned (not in feedforward)."""
+    base = x_channels(mode, image_channels, mask_channels)
+    return base * 2 if learn_sigma and mode != "feedforward" else base
+
+
+def check_inputs(
+    where: str,
+    mode: str,
+    x_t: jax.Array,
+    image: jax.Array | None,
+    image_channels: int,
+    mask_channels: int,
+) -> None:
+    """Validates the call of a model in ``mode``; errors name the model and the shapes."""
+    want = x_channels(mode, image_channels, mask_channels)
+    if x_t.ndim != 4 or x_t.shape[-1] != want:
+        raise ValueError(
+            f"{where} (mode={mode!r}): x_t must be (B, H, W, {want}), got {tuple(x_t.shape)}"
+        )
+    if not uses_image(mode):
+        if image is not None:
+            raise ValueError(f"{where} (mode={mode!r}) has no image branch; pass image=None")
+        return
+    if image is None:
+        raise ValueError(f"{where} (mode={mode!r}) needs image (B, H, W, {image_channels})")
+    if image.shape != (*x_t.shape[:3], image_channels):
+        raise ValueError(
+            f"{where} (mode={mode!r}): image must be {(*x_t.shape[:3], image_channels)}, "
+            f"got {tuple(image.shape)}"
+        )
