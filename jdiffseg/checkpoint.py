@@ -12,19 +12,32 @@ Dice/IoU, lower for losses, ECE, Brier and NLL).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 from grain import checkpoint as grain_checkpoint
 from orbax.checkpoint import checkpoint_managers as policies
 
 CHECKPOINT_DIR = "checkpoints"
 LOWER_IS_BETTER = ("loss", "ece", "brier", "nll", "mse")
 ITEMS = ("state", "data", "meta")
+
+
+@contextlib.contextmanager
+def _absl_verbosity(level: int) -> Iterator[None]:
+    saved = logging.get_verbosity()
+    logging.set_verbosity(level)
+    try:
+        yield
+    finally:
+        logging.set_verbosity(saved)
 
 
 def higher_is_better(metric: str) -> bool:
@@ -78,19 +91,21 @@ class Checkpointer:
                 keep_checkpoints_without_metrics=False,
             )
             policy = policies.AnyPreservationPolicy([policy, best])
-        options = ocp.CheckpointManagerOptions(
-            preservation_policy=policy,
-            enable_async_checkpointing=async_save,
-            create=not read_only,
-            cleanup_tmp_directories=not read_only,
-            read_only=read_only,
-        )
-        self._manager = ocp.CheckpointManager(
-            self.directory,
-            item_names=ITEMS,
-            item_handlers={"data": grain_checkpoint.CheckpointHandler()},
-            options=options,
-        )
+        # Opening read-only makes orbax warn that it will not save; that is the point here.
+        with _absl_verbosity(logging.ERROR if read_only else logging.get_verbosity()):
+            options = ocp.CheckpointManagerOptions(
+                preservation_policy=policy,
+                enable_async_checkpointing=async_save,
+                create=not read_only,
+                cleanup_tmp_directories=not read_only,
+                read_only=read_only,
+            )
+            self._manager = ocp.CheckpointManager(
+                self.directory,
+                item_names=ITEMS,
+                item_handlers={"data": grain_checkpoint.CheckpointHandler()},
+                options=options,
+            )
 
     def all_steps(self) -> list[int]:
         """Finished checkpoint steps, ascending."""
@@ -205,7 +220,10 @@ def load_variables(workdir: str, which: int | str = "best", *, use_ema: bool = T
         state, meta = ckpt.restore(which)
     finally:
         ckpt.close()
-    params = state["ema_params"] if use_ema else state["params"]
+    # Imported weights or states saved without an EMA fall back to the raw parameters.
+    params = state["params"]
+    if use_ema and state.get("ema_params"):
+        params = state["ema_params"]
     variables: dict[str, Any] = {"params": params}
     if state.get("batch_stats"):
         variables["batch_stats"] = state["batch_stats"]

@@ -107,3 +107,14 @@ def test_metric_direction():
     assert checkpoint.higher_is_better("val_dice") and checkpoint.higher_is_better("val_iou")
     assert not checkpoint.higher_is_better("val_loss")
     assert not checkpoint.higher_is_better("val_ece_foreground")
+
+
+def test_load_variables_falls_back_to_raw_params_without_ema(tmp_path):
+    ckpt = checkpoint.Checkpointer(str(tmp_path), keep=1, best_metric=None)
+    state = _state(2.0)
+    state["ema_params"] = {}
+    ckpt.save(1, state)
+    ckpt.close()
+    variables, meta = checkpoint.load_variables(str(tmp_path), "latest", use_ema=True)
+    assert meta["step"] == 1 and set(variables) == {"params"}
+    np.testing.assert_array_equal(variables["params"]["w"], 2.0)
