@@ -4,9 +4,11 @@ r"""SegDiff (Amit et al. 2021) as its authors trained it.
     jdiffseg train --config=configs/segdiff.py:mode=feedforward --workdir=runs/segdiff_e1
 
 The UNet sees only the noisy mask; an RRDB encoder of the image is added to its first feature
-map. T=100 with the linear schedule rescaled by 1000/T (β 0.001…0.2) and the network fed
-t·1000/T, ε-prediction, fixed (large) variance, masks in {-1, 1}, loss = per-image sum of squared
-errors; AdamW 1e-4, EMA 0.9999, batch 2 (MoNuSeg script); evaluation: mean of 9 samples, rounded.
+map. T=100 with the linear schedule rescaled by 1000/T (β 0.001…0.2) and the network fed the
+raw t (their medical script sets rescale_timesteps=False), ε-prediction, fixed (large) variance,
+no clipping of the predicted x0 (clip_denoised=False), masks in {-1, 1}, loss = per-image sum of
+squared errors; AdamW 1e-4, EMA 0.9999, batch 2 (MoNuSeg script); evaluation: mean of 9
+samples, rounded.
 Arguments: dataset, variant (synthetic), mode, preset (see `jdiffseg.experiment_config`).
 """
 
@@ -24,7 +26,8 @@ AUTHORS = {
     "diffusion.use_vb": False,
     "diffusion.mask_encoding": "plus_minus_one",
     "diffusion.loss_reduction": "sum",
-    "diffusion.rescale_timesteps": True,
+    "diffusion.rescale_timesteps": False,
+    "diffusion.clip_x0": False,
     "train.lr": 1e-4,
     "train.weight_decay": 0.0,
     "train.warmup_steps": 0,

@@ -146,11 +146,18 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.use_scale_shift_norm = False
     c.model.resblock_updown = False
     c.model.learn_sigma = False
+    c.model.num_heads_upsample = -1  # -1: num_heads
+    c.model.conv_resample = True  # convolutions in the up/downsampling layers
+    c.model.norm_groups = 32  # GroupNorm groups of the UNet
     c.model.rrdb_blocks = 2  # SegDiff image encoder
     c.model.rrdb_channels = 32
+    c.model.rrdb_growth = 32
     c.model.medsegdiff_version = "new"  # new | v1
     c.model.encoder_base_channels = 8  # nnU-Net-style condition encoder / baseline
     c.model.encoder_max_channels = 64
+    c.model.encoder_num_pool = 5  # downsampling stages of the encoder
+    c.model.encoder_norm = "batch"  # batch | instance
+    c.model.encoder_dropout = 0.5
 
     c.diffusion = ml_collections.ConfigDict()
     c.diffusion.num_timesteps = 100
@@ -166,7 +173,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.diffusion.t_max = -1  # -1: T - 1
     c.diffusion.timestep_weights = config_dict.placeholder(tuple)
     c.diffusion.clip_x0 = True
-    c.diffusion.rescale_timesteps = False  # the network sees t*1000/T (SegDiff)
+    c.diffusion.rescale_timesteps = False  # True: the network sees t*1000/T
 
     c.train = ml_collections.ConfigDict()
     c.train.steps = 2000
