@@ -40,10 +40,13 @@ def _config(arch: str, preset: str, mode: str) -> ml_collections.ConfigDict:
 
 @functools.cache
 def _variables(preset: str = "tiny", mode: str = "diffusion"):
+    """A model and variables of its structure (values random, not its initialisers')."""
     model = medsegdiff.build(_config("medsegdiff", preset, mode), image_channels=3)
     x_t = jnp.zeros((1, SIZE, SIZE, 3 if mode == "image_generation" else 1))
     image = jnp.zeros((1, SIZE, SIZE, 3)) if mode in ("diffusion", "feedforward") else None
-    return model, jax.jit(model.init)(_key(0), x_t, jnp.zeros((1,), jnp.int32), image)
+    shapes = jax.eval_shape(model.init, _key(0), x_t, jnp.zeros((1,), jnp.int32), image)
+    rng = np.random.default_rng(0)
+    return model, jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32), shapes)
 
 
 def generic_unet_shapes(
@@ -270,10 +273,11 @@ def test_mask_only_model_reports_encoder_keys_as_unknown():
 
 def _nnunet_variables(norm: str = "batch"):
     cfg = _config("nnunet", "tiny", "feedforward")
-    cfg.encoder_num_pool, cfg.encoder_max_channels, cfg.encoder_norm = 3, 16, norm
+    cfg.encoder_base_channels, cfg.encoder_max_channels, cfg.encoder_norm = 4, 16, norm
     model = nnunet.build(cfg, image_channels=3)
-    x = jnp.zeros((1, SIZE, SIZE, 1))
-    return model, model.init(_key(0), x, jnp.zeros((1,), jnp.int32), jnp.zeros((1, SIZE, SIZE, 3)))
+    x, image = jnp.zeros((1, SIZE, SIZE, 1)), jnp.zeros((1, SIZE, SIZE, 3))
+    shapes = jax.eval_shape(model.init, _key(0), x, jnp.zeros((1,), jnp.int32), image)
+    return model, jax.tree.map(lambda s: np.ones(s.shape, np.float32), shapes)
 
 
 def test_nnunet_baseline_reads_medsegdiffs_encoder():

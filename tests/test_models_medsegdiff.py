@@ -10,6 +10,7 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
+from flax.traverse_util import flatten_dict
 
 from jdiffseg.models import medsegdiff
 from jdiffseg.models.ff_parser import FFParser, ff_parse
@@ -39,11 +40,31 @@ def _inputs(mode: str, batch: int = 2, seed: int = 0):
     return x_t, t, (image if mode in ("diffusion", "feedforward") else None)
 
 
+def random_variables(model, *args, seed: int = 0):
+    """Variables of ``model.init(key, *args)``'s structure filled from NumPy: kernels and
+    Fourier weights N(0, 1/fan_in), norm scales and running variances 1, biases and means 0.
+
+    Compiling the real initialisers costs tens of seconds per configuration on a small CPU;
+    `test_real_initialisation` covers them once.
+    """
+    rng = np.random.default_rng(seed)
+
+    def fill(path, leaf):
+        name = path[-1].key
+        if name in ("scale", "var"):
+            return jnp.ones(leaf.shape, leaf.dtype)
+        if name in ("bias", "mean"):
+            return jnp.zeros(leaf.shape, leaf.dtype)
+        fan_in = int(np.prod(leaf.shape[:-1]))
+        return jnp.asarray(rng.normal(size=leaf.shape) / np.sqrt(fan_in), leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(fill, jax.eval_shape(model.init, _key(0), *args))
+
+
 @functools.cache
 def _model_and_variables(preset: str, mode: str = "diffusion", **overrides):
     model = medsegdiff.build(_config(preset, mode, **overrides), image_channels=IMAGE_CHANNELS)
-    x_t, t, image = _inputs(mode)
-    return model, jax.jit(model.init)(_key(0), x_t, t, image)
+    return model, random_variables(model, *_inputs(mode))
 
 
 # ------------------------------------------------------------------------------- FF-Parser
@@ -74,6 +95,24 @@ def test_ff_parser_module_layout_identity_and_size_check():
 
 
 # ------------------------------------------------------------------------------ parameters
+
+
+@pytest.mark.slow
+def test_real_initialisation():
+    model = medsegdiff.build(_config("tiny_v1"), image_channels=IMAGE_CHANNELS)
+    x_t, t, image = _inputs("diffusion")
+    variables = jax.jit(model.init)(_key(0), x_t, t, image)
+    shapes = jax.tree.map(jnp.shape, random_variables(model, x_t, t, image))
+    assert jax.tree.map(jnp.shape, variables) == shapes
+    out = model.apply(variables, x_t, t, image)
+    np.testing.assert_array_equal(out["out"], 0.0)  # zero-initialised output conv
+    assert bool(jnp.all((out["cal"] > 0) & (out["cal"] < 1)))
+    stats = flatten_dict(variables["batch_stats"])
+    assert all(float(jnp.max(jnp.abs(v - (k[-1] == "var")))) == 0.0 for k, v in stats.items())
+    kernel = variables["params"]["encoder"]["enc1_conv0"]["conv"]["kernel"]  # He normal
+    assert 0.8 < float(jnp.std(kernel)) * np.sqrt(9 * 4 / 2) < 1.2
+    fourier = variables["params"]["gate_0"]["ffparser"]["complex_weight"]
+    assert 0.01 < float(jnp.std(fourier)) < 0.03
 
 
 def test_paper_presets_have_the_authors_parameter_counts():
@@ -157,9 +196,8 @@ def test_invalid_configurations_raise():
 def test_deterministic_in_eval_and_dropout_in_train(preset):
     model, variables = _model_and_variables(preset)
     x_t, t, image = _inputs("diffusion")
-    apply = model.apply
-    a = apply(variables, x_t, t, image)
-    b = apply(variables, x_t, t, image)
+    a = model.apply(variables, x_t, t, image)
+    b = model.apply(variables, x_t, t, image)
     for key in ("out", "cal"):
         np.testing.assert_array_equal(a[key], b[key])
 
@@ -174,46 +212,40 @@ def test_deterministic_in_eval_and_dropout_in_train(preset):
     assert not np.allclose(train(k1), train(k2))
 
 
-def _randomised(variables, seed: int = 0):
-    """Variables with every parameter random (the zero-initialised output convs included)."""
-    leaves, treedef = jax.tree.flatten(variables["params"])
-    keys = jax.random.split(_key(seed), len(leaves))
-    noise = [0.3 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves, strict=True)]
-    return {**variables, "params": jax.tree.unflatten(treedef, noise)}
-
-
-def _encoder_grad_norm(model, variables, key: str) -> float:
+def _encoder_grad_norms(model, variables, keys: tuple[str, ...]) -> list[float]:
+    """Norms of the gradients of sum(output[key] ** 2) w.r.t. the encoder's parameters."""
     x_t, t, image = _inputs("diffusion")
 
-    def f(params):
-        return jnp.sum(model.apply({**variables, "params": params}, x_t, t, image)[key] ** 2)
+    @jax.jit
+    def norms(params):
+        def f(p, key):
+            return jnp.sum(model.apply({**variables, "params": p}, x_t, t, image)[key] ** 2)
 
-    return float(optax.tree.norm(jax.jit(jax.grad(f))(variables["params"])["encoder"]))
+        return [optax.tree.norm(jax.grad(f)(params, key)["encoder"]) for key in keys]
+
+    return [float(n) for n in norms(variables["params"])]
 
 
 def test_new_variant_detaches_encoder_features_from_the_denoiser():
     model, variables = _model_and_variables("tiny")
-    variables = _randomised(variables)
-    assert _encoder_grad_norm(model, variables, "out") == 0.0
-    assert _encoder_grad_norm(model, variables, "cal") > 0.0
+    through_out, through_cal = _encoder_grad_norms(model, variables, ("out", "cal"))
+    assert through_out == 0.0 and through_cal > 0.0
     # ... while the forward pass does use them.
     x_t, t, image = _inputs("diffusion")
-    apply = model.apply
-    base = apply(variables, x_t, t, image)["out"]
-    shifted = apply(variables, x_t, t, image * 0.5)["out"]
+    base = model.apply(variables, x_t, t, image)["out"]
+    shifted = model.apply(variables, x_t, t, image * 0.5)["out"]
     assert float(jnp.max(jnp.abs(base - shifted))) > 1e-3
 
 
 def test_v1_trains_the_encoder_through_the_denoiser():
     model, variables = _model_and_variables("tiny_v1")
-    variables = _randomised(variables)
-    assert _encoder_grad_norm(model, variables, "out") > 0.0
+    assert _encoder_grad_norms(model, variables, ("out",))[0] > 0.0
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_and_remat():
     model, variables = _model_and_variables("tiny_v1")
     x_t, t, image = _inputs("diffusion")
-    variables = _randomised(variables)
     ref = model.apply(variables, x_t, t, image)
     remat = medsegdiff.build(_config("tiny_v1", remat=True), image_channels=3)
     got = remat.apply(variables, x_t, t, image)

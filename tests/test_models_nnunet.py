@@ -44,7 +44,7 @@ def _numpy_bilinear_up(x: np.ndarray, factor: int) -> np.ndarray:
 
 def test_stage_channels_match_authors_encoder():
     assert stage_channels(32, 5, 480) == (32, 64, 128, 256, 480, 480)
-    assert stage_channels(4, 2, 8) == (4, 8, 8)
+    assert stage_channels(8, 3, 32) == (8, 16, 32, 32)
 
 
 @pytest.mark.parametrize("factor", [2, 4])
@@ -142,13 +142,13 @@ def test_unit_gates_change_nothing_and_zero_gate_blocks_the_deep_path():
     net = GenericUNet(**TINY, out_channels=1)
     variables = net.init(_key(0), image)
     plain = net.apply(variables, image)
-    ones = net.apply(variables, image, gates=(jnp.ones((1, 1, 1, 4)),))
+    ones = net.apply(variables, image, gates=(jnp.ones((1, 1, 1, 8)),))
     np.testing.assert_allclose(plain["logits"], ones["logits"], atol=1e-6)
-    zero = net.apply(variables, image, gates=(jnp.zeros((1, 1, 1, 4)),))
+    zero = net.apply(variables, image, gates=(jnp.zeros((1, 1, 1, 8)),))
     # With the first pooled stage zeroed, the bottleneck no longer depends on the image.
-    other = net.apply(variables, -image, gates=(jnp.zeros((1, 1, 1, 4)),))
+    other = net.apply(variables, -image, gates=(jnp.zeros((1, 1, 1, 8)),))
     np.testing.assert_allclose(zero["bottleneck"], other["bottleneck"], atol=1e-6)
-    assert [d.shape[1] for d in plain["decoder"]] == [8, 16]
+    assert [d.shape[1] for d in plain["decoder"]] == [4, 8, 16]
 
 
 @pytest.mark.parametrize("mode", ["diffusion", "mask_only", "image_generation"])
@@ -160,7 +160,7 @@ def test_other_modes_are_rejected(mode):
 
 def test_bad_inputs_raise_clear_errors():
     image, mask, t = _inputs(size=10)
-    with pytest.raises(ValueError, match="divisible by 4"):
+    with pytest.raises(ValueError, match="divisible by 8"):
         NNUNet(**TINY).init(_key(0), mask, t, image)
     image, mask, t = _inputs()
     with pytest.raises(ValueError, match="needs `image`"):

@@ -54,10 +54,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": dict(AUTHORS_ENCODER),
     # nnU-Net's own 2-D choice of normalisation (InstanceNorm) and dropout (none); same size.
     "nnunet2d": dict(AUTHORS_ENCODER, encoder_norm="instance", encoder_dropout=0.0),
+    # CPU-sized: 8/16/32/32 channels, 3 poolings (32 px -> 4 px), same design.
     "tiny": dict(
-        encoder_base_channels=4,
-        encoder_num_pool=2,
-        encoder_max_channels=8,
+        encoder_base_channels=8,
+        encoder_num_pool=3,
+        encoder_max_channels=32,
         encoder_norm="batch",
         encoder_dropout=0.5,
     ),
