@@ -19,7 +19,7 @@ from __future__ import annotations
 import ast
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from jdiffseg import study
 
@@ -51,6 +51,7 @@ def _parse(items: list[str]) -> dict[str, object]:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)  # keep library INFO chatter off the console
     plan = study.Plan(
         out_dir=FLAGS.out_dir,
         datasets=tuple(FLAGS.datasets),
