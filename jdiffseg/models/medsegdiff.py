@@ -52,18 +52,12 @@ VERSIONS = ("new", "v1")
 MEDSEGDIFF_FIELDS = ("medsegdiff_version", *ENCODER_FIELDS)
 
 _PAPER_UNET: dict[str, Any] = dict(
+    presets.UNET_DEFAULTS,
     base_channels=128,
     channel_mult=(1, 1, 2, 2, 4, 4),
     num_res_blocks=2,
     attention_resolutions=(16,),
     num_heads=1,
-    num_head_channels=-1,
-    num_heads_upsample=-1,
-    dropout=0.0,
-    use_scale_shift_norm=False,
-    resblock_updown=False,
-    conv_resample=True,
-    norm_groups=32,
     learn_sigma=True,
 )
 _TINY: dict[str, Any] = dict(

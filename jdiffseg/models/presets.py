@@ -36,7 +36,7 @@ UNET_FIELDS = (
 )
 RRDB_FIELDS = ("rrdb_blocks", "rrdb_channels", "rrdb_growth")
 
-_UNET_DEFAULTS: dict[str, Any] = dict(
+UNET_DEFAULTS: dict[str, Any] = dict(
     num_head_channels=-1,
     num_heads_upsample=-1,
     dropout=0.0,
@@ -49,7 +49,7 @@ _UNET_DEFAULTS: dict[str, Any] = dict(
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "ensemdiff": {
         "paper": dict(
-            _UNET_DEFAULTS,
+            UNET_DEFAULTS,
             base_channels=128,
             channel_mult=(1, 1, 2, 2, 4, 4),
             num_res_blocks=2,
@@ -58,7 +58,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             learn_sigma=True,
         ),
         "tiny": dict(
-            _UNET_DEFAULTS,
+            UNET_DEFAULTS,
             base_channels=32,
             channel_mult=(1, 2, 2),
             num_res_blocks=1,
@@ -69,7 +69,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
     "segdiff": {
         "paper": dict(
-            _UNET_DEFAULTS,
+            UNET_DEFAULTS,
             base_channels=128,
             channel_mult=(1, 1, 1, 2, 2, 4, 4),
             num_res_blocks=3,
@@ -81,7 +81,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             rrdb_growth=32,
         ),
         "tiny": dict(
-            _UNET_DEFAULTS,
+            UNET_DEFAULTS,
             base_channels=32,
             channel_mult=(1, 2, 2),
             num_res_blocks=1,
