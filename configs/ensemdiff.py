@@ -16,25 +16,9 @@ import ml_collections
 from jdiffseg import experiment_config
 
 AUTHORS = {
-    "diffusion.num_timesteps": 1000,
-    "diffusion.schedule": "linear",
-    "diffusion.prediction": "eps",
-    "diffusion.variance": "learned_range",
-    "diffusion.use_vb": True,
-    "diffusion.mask_encoding": "zero_one",
-    "diffusion.loss_reduction": "mean",
-    "diffusion.rescale_timesteps": False,
-    "train.lr": 1e-4,
-    "train.weight_decay": 0.0,
-    "train.warmup_steps": 0,
-    "train.lr_schedule": "constant",
-    "train.ema_decay": 0.9999,
+    **experiment_config.GUIDED_DIFFUSION,
     "data.batch_size": 10,
     "data.eval_batch_size": 10,
-    "eval.ensemble_size": 5,
-    "eval.sampler": "ddpm",
-    "eval.sampling_steps": 0,
-    "eval.fusion": "mean",
 }
 
 

@@ -25,6 +25,29 @@ SYNTHETIC_FOR = {"isic2016": "lesion", "monuseg": "nuclei", "her2": "tissue"}
 MODES = ("diffusion", "feedforward", "mask_only", "image_generation")
 PRESETS = ("paper", "tiny")
 
+# The guided-diffusion recipe EnsemDiff and MedSegDiff share (their authors' README flags):
+# T=1000 linear, ε with a learned-range σ trained by MSE + VB, {0,1} masks, AdamW 1e-4 constant,
+# EMA 0.9999, evaluation by 5 full-chain DDPM samples fused by their mean.
+GUIDED_DIFFUSION: dict[str, Any] = {
+    "diffusion.num_timesteps": 1000,
+    "diffusion.schedule": "linear",
+    "diffusion.prediction": "eps",
+    "diffusion.variance": "learned_range",
+    "diffusion.use_vb": True,
+    "diffusion.mask_encoding": "zero_one",
+    "diffusion.loss_reduction": "mean",
+    "diffusion.rescale_timesteps": False,
+    "train.lr": 1e-4,
+    "train.weight_decay": 0.0,
+    "train.warmup_steps": 0,
+    "train.lr_schedule": "constant",
+    "train.ema_decay": 0.9999,
+    "eval.ensemble_size": 5,
+    "eval.sampler": "ddpm",
+    "eval.sampling_steps": 0,
+    "eval.fusion": "mean",
+}
+
 
 def parse(arg: str | None, *, mode: str = "diffusion") -> ml_collections.ConfigDict:
     """The common `get_config` arguments (dataset, variant, mode, preset), validated."""
