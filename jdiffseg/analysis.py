@@ -14,8 +14,9 @@ true mask: x0 MSE, and Dice / IoU of the prediction thresholded at 0.5. ``chance
 the same prediction against the mask of another image (image i against image i − 1, cyclically):
 when a prediction carries no information about its own mask, the two Dice values agree, so
 this is the chance level of every curve. The training loss at t (the model's own objective:
-ε/x0/v MSE, plus the VB term when the run trains one) is recorded for each variant, and for an
-image-generation run (E4) the loss at t on the images.
+ε/x0/v MSE, plus the VB term when the run trains one) is recorded for each variant, together
+with its prediction-target part alone (``target_mse_*``, the ε-MSE of an ε model), and for an
+image-generation run (E4) both on the images.
 
 Noise: one standard-normal ε per analysed image, drawn from `fold_in(seed, image index)`, is
 used at every t and by every variant. The variants are therefore compared on identical x_t,
@@ -92,7 +93,7 @@ class Denoiser:
             variance=obj.variance, clip_x0=self.clip_x0, clip_range=clip_range,
         )["pred_x0"]
 
-    def loss(
+    def loss_terms(
         self,
         s: Schedule,
         outputs: Mapping[str, jax.Array],
@@ -101,11 +102,14 @@ class Denoiser:
         t: jax.Array,
         noise: jax.Array,
         mask01: jax.Array | None = None,
-    ) -> jax.Array:
-        """The per-example training objective at t, shape (B,), as `objectives` defines it.
+    ) -> dict[str, jax.Array]:
+        """The per-example training objective at t and its prediction-target part, (B,) each.
 
-        diffusion / image_generation: ε/x0/v error (+ VB when learned); mask_only: x0 error
-        (+ VB); a calibration head ('cal', MedSegDiff) adds `cal_loss_weight` × its MSE.
+        'loss' is the objective as `objectives` defines it — diffusion / image_generation:
+        ε/x0/v error (+ VB when learned); mask_only: x0 error (+ VB); a calibration head
+        ('cal', MedSegDiff) adds `cal_loss_weight` × its MSE. 'target_mse' is the error in the
+        prediction target alone (the ε-MSE of an ε model), free of the VB term whose decoder
+        NLL dominates the objective near t = 0.
         """
         obj = self.objective
         out = outputs["out"].astype(jnp.float32)
@@ -117,16 +121,17 @@ class Denoiser:
             mean_out, _ = gaussian.split_model_output(out, x_t, obj.variance)
             sq = jnp.square(gaussian.predict_x0(s, mean_out, x_t, t, obj.prediction) - x0)
             flat = losses.mean_flat if obj.reduction == "mean" else losses.sum_flat
-            per_example = flat(sq) + terms["vb"]
+            target_mse = flat(sq)
+            per_example = target_mse + terms["vb"]
         else:
-            per_example = terms["loss"]
+            target_mse, per_example = terms["mse"], terms["loss"]
         if obj.mode == "diffusion" and "cal" in outputs and obj.cal_loss_weight > 0:
             if mask01 is None:
                 raise ValueError("the calibration loss at t needs the {0, 1} mask")
             per_example = per_example + obj.cal_loss_weight * objectives.calibration_loss(
                 outputs["cal"], mask01
             )
-        return per_example
+        return {"loss": per_example, "target_mse": target_mse}
 
 
 def denoiser_from_config(config: ml_collections.ConfigDict, apply: ApplyFn) -> Denoiser:
@@ -148,7 +153,8 @@ def segmentation_step(
 
     `params` is `(seg_variables, mask_only_variables)`; `data` holds 'image' (N, H, W, C),
     'mask' and 'other_mask' ({0, 1}, (N, H, W, 1)) and 'noise' (N, H, W, 1). Returns per-image
-    metrics of shape (N,): mse_*, dice_*, iou_*, chance_dice_*, loss_* for each variant.
+    metrics of shape (N,): mse_*, dice_*, iou_*, chance_dice_*, loss_*, target_mse_* for each
+    variant.
     """
     encoding = seg.objective.encoding
 
@@ -173,20 +179,22 @@ def segmentation_step(
             metrics_t[f"dice_{name}"] = metrics.dice(prob, mask)
             metrics_t[f"iou_{name}"] = metrics.iou(prob, mask)
             metrics_t[f"chance_dice_{name}"] = metrics.dice(prob, other)
-            metrics_t[f"loss_{name}"] = model.loss(schedule, outputs, x0, x_t, tb, noise, mask)
+            terms = model.loss_terms(schedule, outputs, x0, x_t, tb, noise, mask)
+            metrics_t[f"loss_{name}"] = terms["loss"]
+            metrics_t[f"target_mse_{name}"] = terms["target_mse"]
         return metrics_t
 
     return step
 
 
 def generation_step(gen: Denoiser, schedule: Schedule) -> StepFn:
-    """The image-generation (E4) loss at one timestep t on 'image' with noise 'image_noise'."""
+    """The image-generation (E4) loss and its target part at one timestep t on 'image'."""
 
     def step(params: Any, data: Mapping[str, jax.Array], t: jax.Array) -> dict[str, jax.Array]:
         x0, noise = data["image"], data["image_noise"]
         tb = jnp.full((x0.shape[0],), t, jnp.int32)
         x_t = gaussian.q_sample(schedule, x0, tb, noise)
-        return {"loss": gen.loss(schedule, gen(params, x_t, tb, None), x0, x_t, tb, noise)}
+        return gen.loss_terms(schedule, gen(params, x_t, tb, None), x0, x_t, tb, noise)
 
     return step
 
@@ -321,7 +329,7 @@ def compute_generation_curves(
     chunk_size: int = 16,
     mesh: jax.sharding.Mesh | None = None,
 ) -> dict[str, np.ndarray]:
-    """Per-image image-generation loss {'loss': (K, N)} over `timesteps`."""
+    """Per-image image-generation curves {'loss', 'target_mse': (K, N)} over `timesteps`."""
     mesh = sharding.make_mesh() if mesh is None else mesh
     images = np.asarray(images, np.float32)
     host = {"image": images, "image_noise": fixed_noise(seed + 1, len(images), images.shape[1:])}
@@ -589,6 +597,7 @@ def analyze(
             "timesteps": gen_t.tolist(),
             "loss": gen_mean["loss"],
             "loss_std": gen_std["loss"],
+            "target_mse": gen_mean["target_mse"],
         }
     options = fingerprint.options_from_config(a)
     result["fingerprint"] = fingerprint.summary(result, **options)

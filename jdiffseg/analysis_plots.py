@@ -56,19 +56,28 @@ def _variants(result: Mapping[str, Any]) -> list[str]:
 
 
 def plot_loss(result: Mapping[str, Any], path: str) -> str:
-    """Training loss vs t/(T−1), each curve min–max normalised: E2 (and E4 when analysed)."""
-    fig, (ax,) = _figure(1)
+    """Loss vs t/(T−1), each curve min–max normalised: E2 (and E4 when analysed).
+
+    Left the full objective; right its prediction-target part alone (the ε-MSE of an ε model),
+    since a learned variance's VB term, whose decoder NLL peaks at t = 0, dominates the left.
+    """
+    fig, axes = _figure(2)
     x = _t_fraction(result)
-    for v in _variants(result):
-        style = dict(_STYLE[v])
-        style["label"] = f"segmentation loss, {style['label']}"
-        ax.plot(x, _normalised(result["curves"][f"loss_{v}"]), **style)
     gen = result.get("image_generation")
-    if gen:
-        gx = np.asarray(gen["timesteps"], np.float64) / (int(gen["num_timesteps"]) - 1)
-        ax.plot(gx, _normalised(gen["loss"]), color="k", ls="--", label="image generation loss")
-    ax.set(xlabel="t / (T-1)", ylabel="loss (min-max normalised)", title="Loss at t")
-    ax.legend(fontsize=7)
+    for ax, key, title in zip(axes, ("loss", "target_mse"),
+                              ("Training objective at t", "Target error at t (no VB)"),
+                              strict=True):
+        for v in _variants(result):
+            if f"{key}_{v}" not in result["curves"]:
+                continue
+            style = dict(_STYLE[v])
+            style["label"] = f"segmentation, {style['label']}"
+            ax.plot(x, _normalised(result["curves"][f"{key}_{v}"]), **style)
+        if gen and key in gen:
+            gx = np.asarray(gen["timesteps"], np.float64) / (int(gen["num_timesteps"]) - 1)
+            ax.plot(gx, _normalised(gen[key]), color="k", ls="--", label="image generation")
+        ax.set(xlabel="t / (T-1)", ylabel="min-max normalised", title=title)
+        ax.legend(fontsize=7)
     return _save(fig, path)
 
 

@@ -9,6 +9,7 @@ so "perfect recovery at t = 0" and "the mask prior at t = T − 1" are exact pro
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -136,7 +137,7 @@ def test_vmapped_chunks_equal_the_loop(tiny, schedule, images, bank):
     params = (variables, None)
     vmapped = analysis.vmapped_curves(step, chunk_size=4)(params, data, ts)  # 14 = 3·4 + 2
     looped = analysis.looped_curves(step)(params, data, ts)
-    names = {f"{m}_{v}" for m in ("mse", "dice", "iou", "chance_dice", "loss")
+    names = {f"{m}_{v}" for m in ("mse", "dice", "iou", "chance_dice", "loss", "target_mse")
              for v in ("image", "blank", "mask_only")}
     assert set(vmapped) == names
     for name in names:
@@ -205,6 +206,7 @@ def test_loss_at_t_is_the_objective_in_closed_form(schedule, images, bank):
     expected = np.mean(np.square(noise), axis=(1, 2, 3))  # ε target, zero output: mean ε²
     np.testing.assert_allclose(seg["loss_image"], np.broadcast_to(expected, (len(ts), N)),
                                rtol=1e-5)
+    np.testing.assert_allclose(seg["target_mse_image"], seg["loss_image"], rtol=1e-6)
     gen_obj = _objective("x0", mode="image_generation")
     gen = analysis.Denoiser(lambda v, x, t, i: {"out": jnp.zeros_like(x)}, gen_obj)
     curves = analysis.compute_generation_curves(gen, None, schedule, images, ts, chunk_size=4)
@@ -213,6 +215,23 @@ def test_loss_at_t_is_the_objective_in_closed_form(schedule, images, bank):
         curves["loss"], np.broadcast_to(np.mean(images**2, axis=(1, 2, 3)), (len(ts), N)),
         rtol=1e-5,
     )
+    np.testing.assert_allclose(curves["target_mse"], curves["loss"], rtol=1e-6)
+
+
+def test_target_mse_leaves_out_the_vb_term(schedule, images, bank):
+    """A learned-range ε model: 'target_mse' is the ε-MSE alone, 'loss' adds the VB term."""
+    obj = dataclasses.replace(_objective("eps"), variance="learned_range", use_vb=True)
+    zero = analysis.Denoiser(
+        lambda v, x, t, i: {"out": jnp.zeros((*x.shape[:-1], 2), x.dtype)}, obj
+    )
+    ts = np.array([0, T // 2, T - 1])
+    seg = analysis.compute_segmentation_curves(zero, None, schedule, images, bank, ts, seed=2)
+    noise = analysis.fixed_noise(2, N, (SIZE, SIZE, 1))
+    expected = np.mean(np.square(noise), axis=(1, 2, 3))  # zero ε prediction: mean ε²
+    np.testing.assert_allclose(seg["target_mse_image"], np.broadcast_to(expected, (3, N)),
+                               rtol=1e-5)
+    # The VB term (a KL divergence, or the decoder NLL at t = 0) is positive at every t.
+    assert np.all(seg["loss_image"] - seg["target_mse_image"] > 1e-3)
 
 
 _SHARDED = """
