@@ -4,12 +4,15 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
 from data_fixtures import config
 
 from jdiffseg.data import build_dataset, make_builder, procedural
+
+REPO = Path(__file__).resolve().parents[1]
 
 LUMA = np.array([0.299, 0.587, 0.114])
 
@@ -83,6 +86,31 @@ def test_failed_build_leaves_nothing_that_reads_as_complete(tmp_path, monkeypatc
     assert not os.path.exists(builder.data_dir)
     monkeypatch.setattr(procedural, "generate", real)
     assert len(build_dataset(cfg).as_data_source("validation")) == 2
+
+
+_CONCURRENT_BUILD = """
+import sys
+sys.path.insert(0, "tests")
+from data_fixtures import config
+from jdiffseg.data import build_dataset
+from pathlib import Path
+cfg = config(Path(sys.argv[1]), image_size=16, num_train_examples=24, num_val_examples=4,
+             num_test_examples=4)
+print(len(build_dataset(cfg).as_data_source("train")))
+"""
+
+
+def test_concurrent_builds_of_one_dataset_all_succeed(tmp_path):
+    # The processes of a multi-host job build the same dataset in one data_dir at once.
+    procs = [subprocess.Popen([sys.executable, "-c", _CONCURRENT_BUILD, str(tmp_path)],
+                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    results = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, results, strict=True):
+        assert p.returncode == 0, err[-2000:]
+        assert out.split()[-1] == "24"
+    built = (tmp_path / "tfds" / "synthetic").glob("*/*")
+    assert sorted(p.name for p in built if p.is_dir()) == ["1.0.0"]  # no incomplete.* left
 
 
 def test_builds_and_reads_without_tensorflow(tmp_path):

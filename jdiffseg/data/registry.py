@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import ml_collections
@@ -13,6 +16,8 @@ from jdiffseg.data.builders import folder, isic2016, monuseg, synthetic
 from jdiffseg.data.config import resolve
 
 NAMES = ("synthetic", "isic2016", "monuseg", "her2", "folder")
+
+
 class _QuietCustomConfig(logging.Filter):
     """Drops TFDS's warning for every non-predefined config: here that is the normal case."""
 
@@ -61,18 +66,37 @@ def make_builder(data: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
     return cls(config=config, data_dir=data_dir, file_format="array_record")
 
 
+@contextlib.contextmanager
+def _build_lock(dataset_dir: str) -> Iterator[None]:
+    """Holds an exclusive lock on one dataset version's build while the block runs.
+
+    The processes of a multi-host job, or the runs of a sweep sharing a data_dir, otherwise
+    race to rename their `incomplete.*` folders onto the same version and all but one fail.
+    """
+    lock_path = Path(dataset_dir).parent / f".{Path(dataset_dir).name}.build.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def build_dataset(config: ml_collections.ConfigDict, *, overwrite: bool = False
                   ) -> tfds.core.DatasetBuilder:
     """Generates the dataset `config.data` names unless it is already complete.
 
     TFDS writes into an `incomplete.*` folder renamed only on success, so an interrupted or
-    failed build is never mistaken for a finished one.
+    failed build is never mistaken for a finished one. Concurrent callers are serialised by a
+    file lock: the first builds, the others then open the finished dataset.
     """
     data = resolve(config.data if "data" in config else config)
-    builder = make_builder(data)
     mode = (tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS if overwrite
             else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
     manual_dir = str(Path(data.manual_dir).expanduser()) if data.manual_dir else None
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        manual_dir=manual_dir, download_mode=mode, try_download_gcs=False))
+    with _build_lock(make_builder(data).data_dir):
+        builder = make_builder(data)  # made under the lock: it sees a build finished meanwhile
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+            manual_dir=manual_dir, download_mode=mode, try_download_gcs=False))
     return builder
