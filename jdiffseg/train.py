@@ -425,7 +425,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
                 step += 1
                 progress.update(step)
                 if step % log_every == 0 or step == total_steps:
-                    means = {k: float(np.mean([float(p[k]) for p in pending])) for k in pending[0]}
+                    logged = sharding.fetch(pending)  # the loop's one device-to-host sync
+                    means = {k: float(np.mean([p[k] for p in logged])) for k in logged[0]}
                     pending = []
                     check_finite()
                     now = time.perf_counter()
