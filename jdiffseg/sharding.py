@@ -94,8 +94,14 @@ def check_batch_size(batch_size: int, mesh: Mesh, where: str) -> int:
 
 
 def fetch(tree: Any) -> Any:
-    """Host NumPy copies of a pytree of (possibly multi-host, sharded) arrays."""
-    if jax.process_count() == 1:
+    """Host NumPy copies of a pytree of (possibly multi-host, sharded) arrays.
+
+    Arrays that live on this process's devices alone are copied as they are; global arrays
+    spanning several processes are gathered from all of them (a collective: every process
+    must call this with the same tree).
+    """
+    leaves = jax.tree.leaves(tree)
+    if all(not isinstance(x, jax.Array) or x.is_fully_addressable for x in leaves):
         return jax.device_get(tree)
     from jax.experimental import multihost_utils
 

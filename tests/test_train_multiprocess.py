@@ -71,23 +71,23 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    os.environ.get("JDIFFSEG_MULTIPROCESS_TESTS") != "1",
-    reason="set JDIFFSEG_MULTIPROCESS_TESTS=1: on a loaded 2-core machine the second process "
-    "can miss JAX's shutdown barrier",
-)
 def test_two_processes_match_one(tmp_path):
     port = _free_port()
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
-    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(tmp_path / "run"),
-                               str(tmp_path / "data"), str(port), str(i)], cwd=REPO, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(2)]
+    # Output goes to files: an undrained pipe fills up and blocks its writer, which then
+    # misses the other process's collectives and JAX's shutdown barrier.
+    logs = [(tmp_path / f"stdout{i}", tmp_path / f"stderr{i}") for i in range(2)]
+    procs = []
+    for i, (out_path, err_path) in enumerate(logs):
+        with open(out_path, "w") as stdout, open(err_path, "w") as stderr:
+            procs.append(subprocess.Popen(
+                [sys.executable, "-c", WORKER, str(tmp_path / "run"), str(tmp_path / "data"),
+                 str(port), str(i)], cwd=REPO, env=env, stdout=stdout, stderr=stderr))
     outs = []
-    for p in procs:
-        stdout, stderr = p.communicate(timeout=900)
-        assert p.returncode == 0, stderr[-3000:]
-        line = next(x for x in stdout.splitlines() if x.startswith("RESULT"))
+    for p, (out_path, err_path) in zip(procs, logs, strict=True):
+        p.wait(timeout=900)
+        assert p.returncode == 0, err_path.read_text()[-3000:]
+        line = next(x for x in out_path.read_text().splitlines() if x.startswith("RESULT"))
         outs.append(json.loads(line[len("RESULT"):]))
     for out in outs:
         np.testing.assert_allclose(out["global"]["loss"], out["local"]["loss"], rtol=1e-5)
