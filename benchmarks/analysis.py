@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jdiffseg import analysis, configlib, sharding
+from jdiffseg import analysis, configlib, cpu_defaults, sharding
 from jdiffseg.diffusion import schedules
 from jdiffseg.models import build_model
 
@@ -60,7 +60,9 @@ def main() -> None:
     p.add_argument("--chunk_size", type=int, default=16)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--no_loop", action="store_true", help="time only the vmapped call")
+    p.add_argument("--plain_xla", action="store_true", help=cpu_defaults.PLAIN_HELP)
     args = p.parse_args()
+    print(cpu_defaults.configure(args.plain_xla))
 
     config = configlib.base_config()
     config.model.arch = args.arch

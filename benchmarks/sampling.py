@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jdiffseg import inference, sharding
+from jdiffseg import cpu_defaults, inference, sharding
 from jdiffseg.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,7 +94,9 @@ def main() -> None:
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--json", default="", help="also write the results to this JSON file")
+    p.add_argument("--plain_xla", action="store_true", help=cpu_defaults.PLAIN_HELP)
     args = p.parse_args()
+    print(cpu_defaults.configure(args.plain_xla))
 
     device = jax.devices()[0]
     print(f"device: {jax.device_count()} x {device.device_kind} ({device.platform}), "

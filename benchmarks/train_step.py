@@ -20,7 +20,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jdiffseg import optim, sharding, train
+from jdiffseg import cpu_defaults, optim, sharding, train
 from jdiffseg.models import build_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -104,7 +104,9 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=4)
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--plain_xla", action="store_true", help=cpu_defaults.PLAIN_HELP)
     args = parser.parse_args()
+    print(cpu_defaults.configure(args.plain_xla))
     rows = []
     header = f"{'arch':<11}{'preset':<7}{'px':>5}{'batch':>6}{'params':>12}{'ms/step':>10}"
     print(header + f"{'img/s':>9}{'GFLOP':>9}{'MFU':>7}")

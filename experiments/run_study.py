@@ -21,7 +21,7 @@ import sys
 
 from absl import app, flags, logging
 
-from jdiffseg import study
+from jdiffseg import cpu_defaults, study
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out_dir", "runs/study", "where runs, table and figures go")
@@ -52,6 +52,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # keep library INFO chatter off the console
+    cpu_defaults.apply()
     plan = study.Plan(
         out_dir=FLAGS.out_dir,
         datasets=tuple(FLAGS.datasets),

@@ -20,6 +20,8 @@ from collections.abc import Callable
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from jdiffseg import cpu_defaults
+
 SUBCOMMANDS: dict[str, str] = {
     "train": "train a model (any architecture x dataset x mode) in a workdir; resumes if present",
     "evaluate": "ensemble-sample a trained run on its test split; metrics, calibration, figures",
@@ -86,6 +88,7 @@ def run() -> None:
         logging.set_verbosity(logging.WARNING)  # keep library INFO chatter off the console
         return argv
 
+    cpu_defaults.apply()
     app.run(lambda argv: sys.exit(dispatch(argv[1:])), flags_parser=parse_global)
 
 
