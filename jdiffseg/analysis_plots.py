@@ -56,29 +56,41 @@ def _variants(result: Mapping[str, Any]) -> list[str]:
 
 
 def plot_loss(result: Mapping[str, Any], path: str) -> str:
-    """Loss vs t/(T−1), each curve min–max normalised: E2 (and E4 when analysed).
+    """Loss vs t/(T−1): E2 (and E4 when analysed), each curve scaled to its own range.
 
-    Left the full objective; right its prediction-target part alone (the ε-MSE of an ε model),
-    since a learned variance's VB term, whose decoder NLL peaks at t = 0, dominates the left.
+    Left the full objective, min–max normalised. Right its prediction-target part alone (the
+    ε-MSE of an ε model) over its minimum on a log axis: a learned variance's VB term, whose
+    decoder NLL peaks at t = 0, flattens the left panel, and the log shows where a curve turns.
     """
-    fig, axes = _figure(2)
+    fig, (ax_loss, ax_target) = _figure(2)
     x = _t_fraction(result)
     gen = result.get("image_generation")
-    for ax, key, title in zip(axes, ("loss", "target_mse"),
-                              ("Training objective at t", "Target error at t (no VB)"),
-                              strict=True):
-        for v in _variants(result):
-            if f"{key}_{v}" not in result["curves"]:
-                continue
-            style = dict(_STYLE[v])
-            style["label"] = f"segmentation, {style['label']}"
-            ax.plot(x, _normalised(result["curves"][f"{key}_{v}"]), **style)
-        if gen and key in gen:
-            gx = np.asarray(gen["timesteps"], np.float64) / (int(gen["num_timesteps"]) - 1)
-            ax.plot(gx, _normalised(gen[key]), color="k", ls="--", label="image generation")
-        ax.set(xlabel="t / (T-1)", ylabel="min-max normalised", title=title)
-        ax.legend(fontsize=7)
+    gx = (np.asarray(gen["timesteps"], np.float64) / (int(gen["num_timesteps"]) - 1)
+          if gen else None)
+    for v in _variants(result):
+        style = dict(_STYLE[v])
+        style["label"] = f"segmentation, {style['label']}"
+        ax_loss.plot(x, _normalised(result["curves"][f"loss_{v}"]), **style)
+        if f"target_mse_{v}" in result["curves"]:
+            ax_target.plot(x, _over_minimum(result["curves"][f"target_mse_{v}"]), **style)
+    if gen:
+        ax_loss.plot(gx, _normalised(gen["loss"]), color="k", ls="--", label="image generation")
+        if "target_mse" in gen:
+            ax_target.plot(gx, _over_minimum(gen["target_mse"]), color="k", ls="--",
+                           label="image generation")
+    ax_loss.set(xlabel="t / (T-1)", ylabel="min-max normalised", title="Training objective at t")
+    ax_target.set(xlabel="t / (T-1)", ylabel="error / its minimum", yscale="log",
+                  title="Target error at t (no VB)")
+    ax_loss.legend(fontsize=7)
+    ax_target.legend(fontsize=7)
     return _save(fig, path)
+
+
+def _over_minimum(values: Sequence[float]) -> np.ndarray:
+    """Each value over the curve's smallest positive value (1 at the minimum)."""
+    v = np.asarray(values, np.float64)
+    positive = v[v > 0]
+    return v / positive.min() if positive.size else np.ones_like(v)
 
 
 def plot_recovery(result: Mapping[str, Any], path: str) -> str:
