@@ -3,8 +3,10 @@
 Each DIR is a workdir (it holds ``config.json``) or a directory searched recursively for
 workdirs, such as a sweep directory. A workdir counts once ``jdiffseg evaluate`` has written
 ``eval/metrics.json``; the others are listed as not evaluated. Rows are
-architecture × dataset × mode; runs that share a row (seeds, for instance) are averaged and the
-spread across runs is reported, while a single run shows its spread over test images.
+architecture × dataset × mode × training procedure (standard, or the timestep range, weights
+or custom schedule an adapted run trains with); runs that share a row (seeds, for instance) are
+averaged and the spread across runs is reported, while a single run shows its spread over test
+images.
 
 Columns: Dice and IoU of the fused mask (mean ± std over images or runs), ECE over all test
 pixels (top-label and foreground variants, lower is better), and the number of runs and images.
@@ -68,6 +70,25 @@ def _dataset_label(data: dict[str, Any]) -> str:
     return f"{name}/{data['variant']}" if name == "synthetic" and "variant" in data else name
 
 
+def training_procedure(config: dict[str, Any]) -> str:
+    """How a diffusion-type run drew its timesteps, when not the standard uniform draw on the
+    standard schedule: "t in [a, b]", "weighted t", "importance-sampled t", "custom schedule"."""
+    diffusion = config.get("diffusion", {})
+    if config["model"]["mode"] == "feedforward":
+        return ""
+    parts = []
+    sampling = diffusion.get("timestep_sampling", "uniform")
+    if sampling == "range":
+        parts.append(f"t in [{diffusion.get('t_min')}, {diffusion.get('t_max')}]")
+    elif sampling == "weights":
+        parts.append("weighted t")
+    elif sampling == "importance":
+        parts.append("importance-sampled t")
+    if diffusion.get("schedule") == "custom":
+        parts.append("custom schedule")
+    return ", ".join(parts)
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
@@ -84,7 +105,8 @@ def load_run(workdir: Path) -> dict[str, Any] | None:
     config, result = _read_json(config_path), _read_json(metrics_path)
     try:
         model, data = config["model"], config["data"]
-        row = {"arch": model["arch"], "dataset": _dataset_label(data), "mode": model["mode"]}
+        row = {"arch": model["arch"], "dataset": _dataset_label(data), "mode": model["mode"],
+               "procedure": training_procedure(config)}
     except KeyError as e:
         raise ValueError(f"report: {config_path} lacks key {e}") from e
     values: dict[str, float] = {}
@@ -115,23 +137,25 @@ def _mean_std(xs: Sequence[float]) -> tuple[float, float]:
 
 
 def build_table(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (arch, dataset, mode): mean and std per column, averaged over runs.
+    """One row per (arch, dataset, mode, procedure): mean and std per column over runs.
 
     With one run the std is that run's std over images (where the metric is per image); with
     several it is the sample std of the runs' values.
     """
-    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {}
     for run in runs:
-        groups.setdefault((run["arch"], run["dataset"], run["mode"]), []).append(run)
+        key = (run["arch"], run["dataset"], run["mode"], run.get("procedure", ""))
+        groups.setdefault(key, []).append(run)
     mode_order = list(MODE_LABELS)
     rows = []
-    for (arch, dataset, mode), members in sorted(
+    for (arch, dataset, mode, procedure), members in sorted(
         groups.items(),
         key=lambda kv: (kv[0][1], kv[0][0], mode_order.index(kv[0][2])
-                        if kv[0][2] in mode_order else len(mode_order)),
+                        if kv[0][2] in mode_order else len(mode_order), kv[0][3]),
     ):
         row: dict[str, Any] = {
-            "arch": arch, "dataset": dataset, "mode": mode, "runs": len(members),
+            "arch": arch, "dataset": dataset, "mode": mode, "procedure": procedure,
+            "runs": len(members),
             "images": sum(m["num_images"] for m in members),
         }
         for column, _, _ in _COLUMNS:
@@ -161,7 +185,10 @@ def to_markdown(rows: Sequence[dict[str, Any]], digits: int = 3) -> str:
                "runs", "images"]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in rows:
-        cells = [row["arch"], row["dataset"], MODE_LABELS.get(row["mode"], row["mode"]),
+        mode = MODE_LABELS.get(row["mode"], row["mode"])
+        if row.get("procedure"):
+            mode = f"{mode}, {row['procedure']}"
+        cells = [row["arch"], row["dataset"], mode,
                  *(_cell(row, c, digits) for c in _MARKDOWN_COLUMNS),
                  str(row["runs"]), str(row["images"])]
         lines.append("| " + " | ".join(cells) + " |")
@@ -170,7 +197,7 @@ def to_markdown(rows: Sequence[dict[str, Any]], digits: int = 3) -> str:
 
 def csv_fields() -> list[str]:
     """The CSV's columns, in order."""
-    fields = ["arch", "dataset", "mode", "runs", "images"]
+    fields = ["arch", "dataset", "mode", "procedure", "runs", "images"]
     for column, _, _ in _COLUMNS:
         fields += [f"{column}_mean", f"{column}_std"]
     return fields

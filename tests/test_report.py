@@ -16,9 +16,10 @@ def _summary(mean: float, std: float) -> dict[str, float]:
 
 
 def _fake_run(path: Path, arch: str, mode: str, dice: float, ece: float,
-              variant: str = "lesion", evaluated: bool = True) -> Path:
+              variant: str = "lesion", evaluated: bool = True, **diffusion) -> Path:
     config = configlib.base_config()
     config.model.arch, config.model.mode, config.data.variant = arch, mode, variant
+    config.diffusion.update(diffusion)
     path.mkdir(parents=True)
     (path / "config.json").write_text(configlib.to_json(config))
     if evaluated:
@@ -69,6 +70,21 @@ def test_report_of_a_sweep_directory_builds_markdown_and_csv(tmp_path):
     assert len(table) == 3
     assert list(table[0]) == report.csv_fields()
     assert sorted(float(r["dice_mean"]) for r in table) == pytest.approx([0.65, 0.8, 0.85])
+
+
+def test_adapted_runs_get_rows_of_their_own(tmp_path):
+    _fake_run(tmp_path / "e2", "ensemdiff", "diffusion", 0.8, 0.1)
+    _fake_run(tmp_path / "range", "ensemdiff", "diffusion", 0.9, 0.2,
+              timestep_sampling="range", t_min=200, t_max=999)
+    _fake_run(tmp_path / "weights", "ensemdiff", "diffusion", 0.7, 0.3,
+              timestep_sampling="weights")
+    rows = report.report([tmp_path])["rows"]
+    assert [(r["procedure"], r["runs"], r["dice_mean"]) for r in rows] == [
+        ("", 1, pytest.approx(0.8)), ("t in [200, 999]", 1, pytest.approx(0.9)),
+        ("weighted t", 1, pytest.approx(0.7))]
+    md = report.to_markdown(rows)
+    assert "| E2 diffusion, t in [200, 999] | 0.900 ± 0.050 |" in md
+    assert "| E2 diffusion, weighted t | 0.700 ± 0.050 |" in md
 
 
 def test_report_main_takes_workdirs_and_output_prefix(tmp_path, capsys):
