@@ -51,28 +51,19 @@ from jdiffseg.models.unet import UNet, build_unet
 VERSIONS = ("new", "v1")
 MEDSEGDIFF_FIELDS = ("medsegdiff_version", *ENCODER_FIELDS)
 
-_PAPER_UNET: dict[str, Any] = dict(
-    presets.UNET_DEFAULTS,
-    base_channels=128,
-    channel_mult=(1, 1, 2, 2, 4, 4),
-    num_res_blocks=2,
-    attention_resolutions=(16,),
-    num_heads=1,
-    learn_sigma=True,
-)
-_TINY: dict[str, Any] = dict(
-    _PAPER_UNET,
-    base_channels=16,
-    channel_mult=(1, 1, 2, 2),
-    num_res_blocks=1,
-    attention_resolutions=(4,),
-    norm_groups=4,
-    encoder_base_channels=4,
-    encoder_num_pool=3,
-    encoder_max_channels=16,
-    encoder_norm="batch",
-    encoder_dropout=0.5,
-)
+_PAPER_UNET = presets.GUIDED_DIFFUSION_256
+_TINY: dict[str, Any] = {
+    **_PAPER_UNET,
+    **AUTHORS_ENCODER,
+    "base_channels": 16,
+    "channel_mult": (1, 1, 2, 2),
+    "num_res_blocks": 1,
+    "attention_resolutions": (4,),
+    "norm_groups": 4,
+    "encoder_base_channels": 4,
+    "encoder_num_pool": 3,
+    "encoder_max_channels": 16,
+}
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The README's ISIC flags at 256 px (128 channels, 2 res blocks, 1 head, attention at

@@ -46,17 +46,20 @@ UNET_DEFAULTS: dict[str, Any] = dict(
     norm_groups=32,
 )
 
+# guided-diffusion's 256 px UNet flags, which EnsemDiff and MedSegDiff both train with.
+GUIDED_DIFFUSION_256: dict[str, Any] = dict(
+    UNET_DEFAULTS,
+    base_channels=128,
+    channel_mult=(1, 1, 2, 2, 4, 4),
+    num_res_blocks=2,
+    attention_resolutions=(16,),
+    num_heads=1,
+    learn_sigma=True,
+)
+
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "ensemdiff": {
-        "paper": dict(
-            UNET_DEFAULTS,
-            base_channels=128,
-            channel_mult=(1, 1, 2, 2, 4, 4),
-            num_res_blocks=2,
-            attention_resolutions=(16,),
-            num_heads=1,
-            learn_sigma=True,
-        ),
+        "paper": dict(GUIDED_DIFFUSION_256),
         "tiny": dict(
             UNET_DEFAULTS,
             base_channels=32,
