@@ -20,10 +20,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jdiffseg.models.channel_sum import add_channel_bias
+from jdiffseg.models.group_norm import group_norm
+
 Dtype = Any
 Initializer = Callable[..., jax.Array]
-
-GROUPNORM_EPS = 1e-5
 
 
 def torch_kernel_init() -> Initializer:
@@ -84,7 +85,7 @@ class Conv2d(nn.Module):
             padding=((pad, pad), (pad, pad)),
             dimension_numbers=("NHWC", "HWIO", "NHWC"),
         )
-        return y + bias.astype(self.dtype)
+        return add_channel_bias(y, bias)
 
 
 class Dense(nn.Module):
@@ -104,7 +105,7 @@ class Dense(nn.Module):
         bias = self.param(
             "bias", zeros if self.zero_init else torch_bias_init(fan_in), (self.features,)
         )
-        return jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(self.dtype)
+        return add_channel_bias(jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype)), bias)
 
 
 class GroupNorm32(nn.Module):
@@ -123,13 +124,7 @@ class GroupNorm32(nn.Module):
             )
         scale = self.param("scale", nn.initializers.ones, (c,))
         bias = self.param("bias", nn.initializers.zeros, (c,))
-        xf = x.astype(jnp.float32)
-        g = xf.reshape(*x.shape[:-1], self.num_groups, c // self.num_groups)
-        axes = (*range(1, g.ndim - 2), g.ndim - 1)
-        mean = jnp.mean(g, axis=axes, keepdims=True)
-        var = jnp.mean(jnp.square(g - mean), axis=axes, keepdims=True)
-        g = (g - mean) * jax.lax.rsqrt(var + GROUPNORM_EPS)
-        y = g.reshape(x.shape) * scale + bias
+        y = group_norm(x, scale, bias, self.num_groups)
         return y.astype(self.dtype)
 
 
