@@ -115,6 +115,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.batch_size = 16  # global, over all processes and devices
     c.data.eval_batch_size = 16
     c.data.num_workers = 0  # grain worker processes; 0 reads in the main process
+    c.data.prefetch = 2  # train batches put on the devices ahead by a thread; 0 = off
     c.data.num_train_examples = 512  # synthetic only
     c.data.num_val_examples = 64
     c.data.num_test_examples = 128

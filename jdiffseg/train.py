@@ -4,10 +4,12 @@
 
 Sections follow the order of a run: mesh, input, model, update step, resume, loop. One jitted
 step over a device mesh (batch split over 'data', state replicated or FSDP-sharded, state
-buffers donated). Randomness is `fold_in(PRNGKey(seed), step)` and the data order is the saved
-grain iterator state, so a run killed at any moment and restarted ends with the same params as
-an uninterrupted one. SIGTERM saves a checkpoint and exits; a non-finite loss stops the run
-naming the step and leaves the last good checkpoint untouched.
+buffers donated); a thread puts the next batches on the devices ahead of the step
+(`config.data.prefetch`). Randomness is `fold_in(PRNGKey(seed), step)` and the data order is
+the saved grain iterator state (of the last batch used, not of the read-ahead), so a run killed
+at any moment and restarted ends with the same params as an uninterrupted one. SIGTERM saves a
+checkpoint and exits; a non-finite loss stops the run naming the step and leaves the last good
+checkpoint untouched.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from jdiffseg import (
     sharding,
     timesteps,
 )
-from jdiffseg.data import pipeline
+from jdiffseg.data import pipeline, prefetch
 from jdiffseg.models import build_model
 
 # fold_in tags of the root key: one stream per purpose.
@@ -49,6 +51,8 @@ INIT_STREAM, TRAIN_STREAM, VAL_STREAM = 0, 1, 2
 MASK_MODES = ("diffusion", "feedforward")
 # A preempted run exits with 128 + SIGTERM, as if the signal had ended it (schedulers requeue).
 PREEMPTED_EXIT = 128 + signal.SIGTERM
+# Keys that change how fast a run goes, not what it computes: free to change on resume.
+RESUME_FREE_KEYS = {"data": ("prefetch",)}
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -280,7 +284,8 @@ def _check_resume_config(workdir: str, config: Any) -> None:
     current = json.loads(configlib.to_json(config))
     for section in ("model", "diffusion", "data"):
         a, b = saved.get(section, {}), current.get(section, {})
-        diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        free = RESUME_FREE_KEYS.get(section, ())
+        diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in free)
         if diff:
             raise ValueError(
                 f"workdir {workdir} holds a run with a different config.{section} "
@@ -410,6 +415,10 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
                 f"{config.train.lr}); stopped without saving. Last good checkpoint: {where}"
             )
 
+    # From here on only the prefetcher reads the loader; its state is that of the last batch used.
+    train_iter = prefetch.DevicePrefetcher(
+        train_iter, lambda b: _device_batch(b, mesh, ("image", "mask")), int(config.data.prefetch)
+    )
     try:
         with _sigterm_flag() as sigterm:
             while step < total_steps:
@@ -419,8 +428,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
                     ckpt.close()
                     progress.write(f"SIGTERM: saved a checkpoint at step {step}; exiting")
                     sys.exit(PREEMPTED_EXIT)
-                batch = _device_batch(next(train_iter), mesh, ("image", "mask"))
-                state, scalars = train_step(state, batch)
+                state, scalars = train_step(state, next(train_iter))
                 pending.append(scalars)
                 step += 1
                 progress.update(step)
@@ -449,6 +457,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
             if not last_val and ckpt.latest_step() is not None:
                 last_val = ckpt.metrics(ckpt.latest_step())
     finally:
+        train_iter.close()
         progress.close()
     ckpt.close()
     runlog.write_finished(workdir, {"step": step, **last_val})
