@@ -1,7 +1,7 @@
 """Speed of ensemble sampling: images/s for a 5-member DDPM ensemble over the full 1000-step
 chain and for DDIM with 50 respaced steps, per architecture preset.
 
-    python benchmarks/sampling.py                                   # tiny presets, 64 px (CPU)
+    python benchmarks/sampling.py                                   # tiny presets, 32 px (CPU)
     python benchmarks/sampling.py --preset=paper --batch=4 --dtype=bfloat16   # 256 px (GPU)
     python benchmarks/sampling.py --archs=ensemdiff --image_size=32 --ddpm_steps=100
 
@@ -10,18 +10,21 @@ T = `--ddpm_steps`, initialises random weights (speed does not depend on them) a
 `jdiffseg.inference.make_predictor`, the function `jdiffseg evaluate` uses: `--batch` images ×
 `--members` members sampled in one jitted call, sharded over all devices. Printed per
 architecture and sampler: compile seconds (ahead of time, so no call includes it), seconds per
-call (best of `--repeats`), images/s and seconds per image. Quote figures with the device line.
+call (best of `--repeats`), images/s and seconds per image; MFU from the model FLOPs of the
+chain (one denoiser call's cost analysis times the steps, `common.loop_flops`), the memory the
+compiled call needs per device and the process's allocator peak (GPU). Quote figures with the
+device line; one JSON line per row follows the table.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import time
 from pathlib import Path
 from typing import Any
 
+import common
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,30 +32,24 @@ import numpy as np
 from jdiffseg import cpu_defaults, inference, sharding
 from jdiffseg.models import build_model
 
-ROOT = Path(__file__).resolve().parents[1]
 ARCHS = ("ensemdiff", "segdiff", "medsegdiff")
 
 
-def arch_config(arch: str, preset: str, image_size: int | None, num_timesteps: int,
-                dtype: str) -> Any:
-    """The arch's config file in diffusion mode with the benchmark's overrides."""
-    path = ROOT / "configs" / f"{arch}.py"
-    spec = importlib.util.spec_from_file_location(f"configs_{arch}", path)
-    if spec is None or spec.loader is None:
-        raise FileNotFoundError(f"no config file {path}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(f"preset={preset},mode=diffusion")
-    if image_size:
-        config.data.image_size = image_size
-    config.diffusion.num_timesteps = num_timesteps
-    config.model.dtype = dtype
-    return config
+def forward_flops(model: Any, variables: Any, examples: int, size: int, steps: int
+                  ) -> float | None:
+    """Model FLOPs of a chain of `steps` denoiser calls on `examples` masks (images ×
+    members): one call's, from its cost analysis, times the steps (`common.loop_flops`)."""
+    apply = jax.jit(lambda v, x, t, image: model.apply(v, x, t, image, train=False))
+    lowered = apply.lower(variables, jax.ShapeDtypeStruct((examples, size, size, 1), jnp.float32),
+                          jax.ShapeDtypeStruct((examples,), jnp.int32),
+                          jax.ShapeDtypeStruct((examples, size, size, 3), jnp.float32))
+    return common.loop_flops(lowered, steps)
 
 
-def time_sampler(config: Any, options: inference.SamplingOptions, batch: int,
-                 repeats: int) -> dict[str, float]:
-    """Compile and steady-state timings of one sampling call for `batch` images."""
+def time_sampler(config: Any, options: inference.SamplingOptions, batch: int, steps: int,
+                 repeats: int) -> dict[str, Any]:
+    """Compile and steady-state timings, FLOPs, MFU and memory of one sampling call for
+    `batch` images over a chain of `steps` steps."""
     size = int(config.data.image_size)
     model = build_model(config.model, image_channels=3)
     mesh = sharding.make_mesh()
@@ -77,15 +74,20 @@ def time_sampler(config: Any, options: inference.SamplingOptions, batch: int,
     members = np.asarray(out["members"])
     if members.shape != (batch, options.ensemble_size, size, size, 1):
         raise AssertionError(f"unexpected members shape {members.shape}")
-    return {"compile_s": compile_s, "call_s": best, "images_per_s": batch / best,
-            "s_per_image": best / batch}
+    flops = forward_flops(model, variables, batch * options.ensemble_size, size, steps)
+    mfu = common.mfu(flops, best, str(config.model.dtype))
+    return {"compile_s": round(compile_s, 2), "call_s": round(best, 4),
+            "images_per_s": round(batch / best, 4), "s_per_image": round(best / batch, 4),
+            "gflops_per_call": round(flops / 1e9, 2) if flops else None,
+            "mfu": round(mfu, 4) if mfu is not None else None,
+            **common.memory_columns(compiled)}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--archs", default=",".join(ARCHS), help="comma-separated architectures")
     p.add_argument("--preset", default="tiny", choices=("tiny", "paper"))
-    p.add_argument("--image_size", type=int, default=0, help="0: the preset's (64 or 256 px)")
+    p.add_argument("--image_size", type=int, default=0, help="0: the preset's (32 or 256 px)")
     p.add_argument("--members", type=int, default=5)
     p.add_argument("--ddpm_steps", type=int, default=1000, help="T; DDPM runs the full chain")
     p.add_argument("--ddim_steps", type=int, default=50)
@@ -94,37 +96,43 @@ def main() -> None:
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--json", default="", help="also write the results to this JSON file")
+    p.add_argument("--jsonl", default="", help=common.JSONL_HELP)
     p.add_argument("--plain_xla", action="store_true", help=cpu_defaults.PLAIN_HELP)
     args = p.parse_args()
     print(cpu_defaults.configure(args.plain_xla))
 
+    print(common.device_line())
     device = jax.devices()[0]
-    print(f"device: {jax.device_count()} x {device.device_kind} ({device.platform}), "
-          f"jax {jax.__version__}")
     results = []
     for arch in args.archs.split(","):
         for sampler in args.samplers.split(","):
             steps = 0 if sampler == "ddpm" else args.ddim_steps
             try:
-                config = arch_config(arch, args.preset, args.image_size, args.ddpm_steps,
-                                     args.dtype)
+                config = common.load_config(arch, args.preset, mode="diffusion",
+                                            size=args.image_size or None, dtype=args.dtype)
             except (KeyError, ValueError, FileNotFoundError) as e:
                 print(f"{arch:10s} skipped: its config cannot be built here ({e})", flush=True)
                 break
+            config.diffusion.num_timesteps = args.ddpm_steps
             options = inference.SamplingOptions(
                 ensemble_size=args.members, sampler=sampler, sampling_steps=steps, eta=0.0,
                 clip_x0=bool(config.diffusion.clip_x0))
-            timing = time_sampler(config, options, args.batch, args.repeats)
+            timing = time_sampler(config, options, args.batch, steps or args.ddpm_steps,
+                                  args.repeats)
             row = {"arch": arch, "preset": args.preset, "image_size": config.data.image_size,
                    "sampler": sampler, "steps": steps or args.ddpm_steps,
                    "members": args.members, "batch": args.batch, "dtype": args.dtype,
                    "device": device.device_kind, **timing}
             results.append(row)
+            common.append_jsonl(args.jsonl, row, "sampling")
             print(f"{arch:10s} {args.preset:5s} {row['image_size']:4d}px {sampler:4s} "
                   f"{row['steps']:5d} steps x {args.members} members, batch {args.batch}: "
                   f"compile {timing['compile_s']:7.1f} s | {timing['call_s']:8.2f} s/call | "
-                  f"{timing['images_per_s']:8.3f} images/s | {timing['s_per_image']:8.2f} s/image",
-                  flush=True)
+                  f"{timing['images_per_s']:8.3f} images/s | {timing['s_per_image']:8.2f} s/image"
+                  f" | MFU {common.fmt(timing['mfu'], '.1%')} | "
+                  f"{common.fmt(timing['compiled_gb'], '.2f')} GB, process peak "
+                  f"{common.fmt(timing['process_peak_gb'], '.2f')} GB", flush=True)
+    common.print_json(results, "sampling")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 

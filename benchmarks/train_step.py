@@ -4,80 +4,43 @@ r"""Train-step speed per architecture preset and image size: ms/step, images/s a
     python benchmarks/train_step.py --presets=paper --batch_size=8 --dtype=bfloat16   # on a GPU
 
 The step is the real one (`jdiffseg.train.make_train_step`, jitted over all devices with the
-state donated) on random data. FLOPs come from the compiled step's `cost_analysis()`; MFU is
-FLOPs per second over the device's dense peak for the compute dtype (known GPUs only).
-One JSON line per row goes to stdout after the table.
+state donated) on random data. GFLOP per (global) step come from the compiled step's
+`cost_analysis()`; MFU is FLOPs per second over the devices' dense peak for the compute dtype
+(known GPUs only, `common.PEAK_FLOPS`). Memory: "GB" is what the compiled step needs per
+device (`memory_analysis()`: arguments, outputs less the donated state, temporaries), "peak GB"
+the allocator's high-water mark of the whole process so far (GPU only; it cannot be reset, so
+it covers earlier rows too). One JSON line per row goes to stdout after the table.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import json
 import time
-from pathlib import Path
 
+import common
 import jax
 import numpy as np
 
-from jdiffseg import cpu_defaults, optim, sharding, train
-from jdiffseg.models import build_model
+from jdiffseg import cpu_defaults, sharding
 
-REPO = Path(__file__).resolve().parents[1]
 ARCHS = ("ensemdiff", "segdiff", "medsegdiff", "nnunet")
-# Dense peak FLOP/s per device: (float32 or TF32 tensor cores, bfloat16).
-PEAK_FLOPS = {
-    "H100": (494e12, 989e12),
-    "H200": (494e12, 989e12),
-    "A100": (156e12, 312e12),
-    "L40S": (183e12, 362e12),
-}
 
 
-def load_config(arch: str, preset: str, size: int, batch: int, dtype: str):
-    """configs/<arch>.py at `preset`, resized to `size` px and global batch `batch`."""
-    spec = importlib.util.spec_from_file_location(arch, REPO / "configs" / f"{arch}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(f"preset={preset}")
-    config.data.image_size, config.data.batch_size = size, batch
-    config.model.dtype = dtype
-    return config
-
-
-def peak_flops(dtype: str) -> float | None:
-    """The device's dense peak for `dtype`, when known."""
-    device = jax.devices()[0]
-    if device.platform != "gpu":
-        return None
-    for name, (fp32, bf16) in PEAK_FLOPS.items():
-        if name in device.device_kind:
-            return (bf16 if dtype == "bfloat16" else fp32) * jax.device_count()
-    return None
-
-
-def bench(arch: str, preset: str, size: int, batch: int, dtype: str, steps: int) -> dict:
+def bench(arch: str, preset: str, size: int, batch: int, dtype: str, remat: bool, steps: int
+          ) -> dict:
     """Times `steps` train steps after one warm-up step."""
-    config = load_config(arch, preset, size, batch, dtype)
-    mesh = sharding.make_mesh()
-    model = build_model(config.model, image_channels=3)
-    tx = optim.make_optimizer(config.train)
-    init = train.init_train_state(config, model, tx, (batch, size, size, 3))
-    abstract = jax.eval_shape(init, jax.random.key(0))
-    shard = sharding.state_shardings(abstract, mesh, fsdp=bool(config.train.fsdp))
-    state = jax.jit(init, out_shardings=shard)(jax.random.key(0))
+    config = common.load_config(arch, preset, size=size, batch=batch, dtype=dtype, remat=remat)
+    parts = common.train_step(config)
+    state = jax.jit(parts.init, out_shardings=parts.state_shardings)(jax.random.key(0))
     rng = np.random.default_rng(0)
     batch_data = jax.device_put(
         {"image": rng.uniform(-1, 1, (batch, size, size, 3)).astype(np.float32),
          "mask": (rng.uniform(size=(batch, size, size, 1)) > 0.5).astype(np.float32)},
-        sharding.batch_sharding(mesh))
-    step = train.jit_train_step(train.make_train_step(config, model, tx), shard, mesh)
+        sharding.batch_sharding(parts.mesh))
     t0 = time.perf_counter()
-    compiled = step.lower(state, batch_data).compile()
+    compiled = parts.step.lower(state, batch_data).compile()
     compile_s = time.perf_counter() - t0
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list | tuple) else cost
-    flops = float(cost.get("flops", 0.0)) if cost else 0.0
+    flops = common.compiled_flops(compiled)
     state, metrics = compiled(state, batch_data)
     jax.block_until_ready(metrics)
     t0 = time.perf_counter()
@@ -85,14 +48,16 @@ def bench(arch: str, preset: str, size: int, batch: int, dtype: str, steps: int)
         state, metrics = compiled(state, batch_data)
     jax.block_until_ready(metrics)
     sec = (time.perf_counter() - t0) / steps
-    peak = peak_flops(dtype)
+    mfu = common.mfu(flops, sec, dtype)
     return {
         "arch": arch, "preset": preset, "size": size, "batch": batch, "dtype": dtype,
-        "device": f"{jax.device_count()}x {jax.devices()[0].device_kind}",
-        "params": int(sum(np.prod(x.shape) for x in jax.tree.leaves(abstract.params))),
+        "remat": remat, "device": f"{jax.device_count()}x {jax.devices()[0].device_kind}",
+        "params": int(sum(np.prod(x.shape) for x in jax.tree.leaves(parts.abstract_state.params))),
         "compile_s": round(compile_s, 2), "ms_per_step": round(1e3 * sec, 2),
-        "images_per_s": round(batch / sec, 2), "gflops_per_step": round(flops / 1e9, 2),
-        "mfu": round(flops / sec / peak, 4) if peak and flops else None,
+        "images_per_s": round(batch / sec, 2),
+        "gflops_per_step": round(flops / 1e9, 2) if flops else None,
+        "mfu": round(mfu, 4) if mfu is not None else None,
+        **common.memory_columns(compiled),
     }
 
 
@@ -101,26 +66,31 @@ def main() -> None:
     parser.add_argument("--archs", default=",".join(ARCHS))
     parser.add_argument("--presets", default="tiny")
     parser.add_argument("--sizes", default="64,256")
-    parser.add_argument("--batch_size", type=int, default=4)
+    parser.add_argument("--batch_size", type=int, default=4, help="global batch")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--remat", action="store_true", help="set config.model.remat")
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--jsonl", default="", help=common.JSONL_HELP)
     parser.add_argument("--plain_xla", action="store_true", help=cpu_defaults.PLAIN_HELP)
     args = parser.parse_args()
     print(cpu_defaults.configure(args.plain_xla))
+    print(common.device_line())
     rows = []
     header = f"{'arch':<11}{'preset':<7}{'px':>5}{'batch':>6}{'params':>12}{'ms/step':>10}"
-    print(header + f"{'img/s':>9}{'GFLOP':>9}{'MFU':>7}")
+    print(header + f"{'img/s':>9}{'GFLOP':>9}{'MFU':>7}{'GB':>8}{'peak GB':>9}")
     for arch in args.archs.split(","):
         for preset in args.presets.split(","):
             for size in map(int, args.sizes.split(",")):
-                r = bench(arch, preset, size, args.batch_size, args.dtype, args.steps)
+                r = bench(arch, preset, size, args.batch_size, args.dtype, args.remat,
+                          args.steps)
                 rows.append(r)
-                mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "-"
+                common.append_jsonl(args.jsonl, r, "train_step")
                 print(f"{arch:<11}{preset:<7}{size:>5}{r['batch']:>6}{r['params']:>12,}"
                       f"{r['ms_per_step']:>10.1f}{r['images_per_s']:>9.1f}"
-                      f"{r['gflops_per_step']:>9.1f}{mfu:>7}", flush=True)
-    for r in rows:
-        print(json.dumps(r))
+                      f"{common.fmt(r['gflops_per_step'], '.1f'):>9}"
+                      f"{common.fmt(r['mfu'], '.1%'):>7}{common.fmt(r['compiled_gb'], '.2f'):>8}"
+                      f"{common.fmt(r['process_peak_gb'], '.2f'):>9}", flush=True)
+    common.print_json(rows, "train_step")
 
 
 if __name__ == "__main__":
