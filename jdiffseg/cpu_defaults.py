@@ -2,10 +2,11 @@
 
 XLA's CPU backend (jaxlib 0.10) runs convolutions and dots as YNNPACK fusions, each on one
 thread, so a train step leaves all other cores idle; its Eigen kernels use every core. On two
-cores this takes the tiny EnsemDiff train step at 64 px from 386 to 307 ms and MedSegDiff's from
-148 to 120 ms (`benchmarks/RESULTS.md`). The switch is an experimental XLA flag, so it is set
-only for the jaxlib versions it was measured with, never over a user's own setting of it, and
-must run before JAX starts its CPU backend (the first computation). Accelerators ignore it.
+cores this takes the tiny EnsemDiff train step at 64 px from 386 to 310 ms on an AVX2 machine and
+from 343 to 305 ms on an AVX-512 one (`benchmarks/RESULTS.md`). The switch is an experimental
+XLA flag, so it is set only for the jaxlib versions it was measured with, never over a user's own
+setting of it, and must run before JAX starts its CPU backend (the first computation).
+Accelerators ignore it.
 """
 
 from __future__ import annotations
