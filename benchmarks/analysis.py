@@ -100,16 +100,15 @@ def main() -> None:
     compile_v = time.perf_counter() - start
     _, run_v, out_v = _timed(lambda: compiled(params, data, ts), args.repeats)
     flops = common.loop_flops(jax.jit(step).lower(params, data, ts[0]), len(ts))
-    mfu = common.mfu(flops, run_v, args.dtype)
     row = {"arch": args.arch, "preset": args.preset, "size": size, "dtype": args.dtype,
            "images": n, "timesteps": len(ts), "chunk_size": args.chunk_size,
-           "device": f"{jax.device_count()}x {jax.devices()[0].device_kind}",
+           "device": common.device_tag(),
            "compile_s": round(compile_v, 2), "run_s": round(run_v, 3),
            "t_images_per_s": round(work / run_v, 2),
-           "gflops_per_call": round(flops / 1e9, 2) if flops else None,
-           "mfu": round(mfu, 4) if mfu is not None else None, **common.memory_columns(compiled)}
+           **common.flops_columns(flops, run_v, args.dtype, "call"),
+           **common.memory_columns(compiled)}
     print(f"vmapped: compile {compile_v:.1f}s, run {run_v:.2f}s, {work / run_v:.1f} (t x image)/s, "
-          f"MFU {common.fmt(mfu, '.1%')}, {common.fmt(row['compiled_gb'], '.2f')} GB, "
+          f"MFU {common.fmt(row['mfu'], '.1%')}, {common.fmt(row['compiled_gb'], '.2f')} GB, "
           f"process peak {common.fmt(row['process_peak_gb'], '.2f')} GB")
     if not args.no_loop:
         looped = analysis.looped_curves(step)

@@ -116,6 +116,23 @@ def mfu(flops: float | None, seconds: float, dtype: str) -> float | None:
     return flops / seconds / (peak * jax.device_count())
 
 
+def rounded(value: float | None, digits: int, unit: float = 1.0) -> float | None:
+    """`value / unit` rounded to `digits`, None for None (a figure the backend cannot give)."""
+    return None if value is None else round(value / unit, digits)
+
+
+def flops_columns(flops: float | None, seconds: float, dtype: str, per: str
+                  ) -> dict[str, float | None]:
+    """The JSON fields on compute: GFLOP per `per` (step, call) and MFU over `seconds`."""
+    return {f"gflops_per_{per}": rounded(flops, 2, 1e9),
+            "mfu": rounded(mfu(flops, seconds, dtype), 4)}
+
+
+def device_tag() -> str:
+    """'<count>x <kind>' of the devices, for the rows' "device" field."""
+    return f"{jax.device_count()}x {jax.devices()[0].device_kind}"
+
+
 def flops_of(cost: Any) -> float | None:
     """The 'flops' entry of a `cost_analysis()` result: a dict, a list of dicts (one per
     executable, older jax) or None; None when it is missing or not positive."""
@@ -187,8 +204,7 @@ def process_peak_bytes() -> int | None:
 def memory_columns(compiled: Any) -> dict[str, float | None]:
     """The JSON fields on memory: the computation's own need and the process's peak, in GB."""
     need, peak = compiled_memory(compiled), process_peak_bytes()
-    return {"compiled_gb": round(need / GB, 3) if need is not None else None,
-            "process_peak_gb": round(peak / GB, 3) if peak is not None else None}
+    return {"compiled_gb": rounded(need, 3, GB), "process_peak_gb": rounded(peak, 3, GB)}
 
 
 def fmt(value: float | None, spec: str) -> str:

@@ -150,7 +150,7 @@ def search_row(arch: str, preset: str, size: int, dtype: str, remat: bool, limit
         "compiles": len(found.measured), "seconds": round(time.perf_counter() - start, 1),
         "bytes_by_batch": {b: int(m) if math.isfinite(m) else None
                            for b, m in sorted(found.measured.items())},
-        "device": f"{jax.device_count()}x {jax.devices()[0].device_kind}",
+        "device": common.device_tag(),
     }
     if args.run and found.batch:
         row["run_at_max"] = run_one_step(arch, preset, size, dtype, remat, found.batch)

@@ -75,11 +75,9 @@ def time_sampler(config: Any, options: inference.SamplingOptions, batch: int, st
     if members.shape != (batch, options.ensemble_size, size, size, 1):
         raise AssertionError(f"unexpected members shape {members.shape}")
     flops = forward_flops(model, variables, batch * options.ensemble_size, size, steps)
-    mfu = common.mfu(flops, best, str(config.model.dtype))
     return {"compile_s": round(compile_s, 2), "call_s": round(best, 4),
             "images_per_s": round(batch / best, 4), "s_per_image": round(best / batch, 4),
-            "gflops_per_call": round(flops / 1e9, 2) if flops else None,
-            "mfu": round(mfu, 4) if mfu is not None else None,
+            **common.flops_columns(flops, best, str(config.model.dtype), "call"),
             **common.memory_columns(compiled)}
 
 

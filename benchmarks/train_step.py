@@ -48,15 +48,13 @@ def bench(arch: str, preset: str, size: int, batch: int, dtype: str, remat: bool
         state, metrics = compiled(state, batch_data)
     jax.block_until_ready(metrics)
     sec = (time.perf_counter() - t0) / steps
-    mfu = common.mfu(flops, sec, dtype)
     return {
         "arch": arch, "preset": preset, "size": size, "batch": batch, "dtype": dtype,
-        "remat": remat, "device": f"{jax.device_count()}x {jax.devices()[0].device_kind}",
+        "remat": remat, "device": common.device_tag(),
         "params": int(sum(np.prod(x.shape) for x in jax.tree.leaves(parts.abstract_state.params))),
         "compile_s": round(compile_s, 2), "ms_per_step": round(1e3 * sec, 2),
         "images_per_s": round(batch / sec, 2),
-        "gflops_per_step": round(flops / 1e9, 2) if flops else None,
-        "mfu": round(mfu, 4) if mfu is not None else None,
+        **common.flops_columns(flops, sec, dtype, "step"),
         **common.memory_columns(compiled),
     }
 
