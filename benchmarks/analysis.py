@@ -1,11 +1,11 @@
 """Speed of the timestep analysis: one jitted vmapped/chunked call against a per-t Python loop.
 
-    python benchmarks/analysis.py --arch=ensemdiff --num_images=8 --num_timesteps=100 \
+    python benchmarks/curves.py --arch=ensemdiff --num_images=8 --num_timesteps=100 \
         --chunk_size=16
-    python benchmarks/analysis.py --preset=paper --dtype=bfloat16 --num_images=4 \
+    python benchmarks/curves.py --preset=paper --dtype=bfloat16 --num_images=4 \
         --num_timesteps=1000 --chunk_size=8 --repeats=1 --no_loop           # 256 px, GPU
 
-Both drivers run the same per-timestep step (`jdiffseg.analysis.segmentation_step`) on
+Both drivers run the same per-timestep step (`jdiffseg.analysis.curves.segmentation_step`) on
 randomly initialised models of the preset (`configs/<arch>.py` in diffusion and mask-only
 mode; speed does not depend on the weights) with the image, blank-image and mask-only
 predictions. Printed: compile time (ahead of time for the vmapped call), steady-state seconds
@@ -26,12 +26,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jdiffseg import analysis, cpu_defaults, sharding
+from jdiffseg.analysis import curves
 from jdiffseg.diffusion import schedules
 from jdiffseg.models import build_model
+from jdiffseg.runtime import cpu_defaults, sharding
 
 
-def _model(config: Any, size: int) -> tuple[analysis.Denoiser, Any]:
+def _model(config: Any, size: int) -> tuple[curves.Denoiser, Any]:
     """The config's denoiser and random variables at `size` px."""
     model = build_model(config.model, image_channels=3, mask_channels=1)
     image = jnp.zeros((1, size, size, 3)) if config.model.mode == "diffusion" else None
@@ -42,7 +43,7 @@ def _model(config: Any, size: int) -> tuple[analysis.Denoiser, Any]:
     def apply(v, x, t, i):
         return model.apply(v, x, t, i, train=False)
 
-    return analysis.denoiser_from_config(config, apply), variables
+    return curves.denoiser_from_config(config, apply), variables
 
 
 def _timed(fn, repeats: int) -> tuple[float, float, dict]:
@@ -85,16 +86,16 @@ def main() -> None:
     images = rng.uniform(-1, 1, (n, size, size, 3)).astype(np.float32)
     masks = (rng.uniform(size=(n, size, size, 1)) > 0.5).astype(np.float32)
     mesh = sharding.make_mesh()
-    data, _ = analysis.shard_data(analysis.segmentation_data(images, masks, 0), mesh)
-    ts = jnp.asarray(analysis.analysis_timesteps(args.num_timesteps))
-    step = analysis.segmentation_step(seg, schedule, mask_only)
+    data, _ = curves.shard_data(curves.segmentation_data(images, masks, 0), mesh)
+    ts = jnp.asarray(curves.analysis_timesteps(args.num_timesteps))
+    step = curves.segmentation_step(seg, schedule, mask_only)
     params = (seg_vars, mo_vars)
     work = len(ts) * n
 
     print(common.device_line())
     print(f"arch={args.arch} {args.preset}, {size}px, {args.dtype}, {n} images, "
           f"T={args.num_timesteps}, chunk={args.chunk_size}")
-    vmapped = analysis.vmapped_curves(step, args.chunk_size)
+    vmapped = curves.vmapped_curves(step, args.chunk_size)
     start = time.perf_counter()
     compiled = vmapped.lower(params, data, ts).compile()
     compile_v = time.perf_counter() - start
@@ -111,7 +112,7 @@ def main() -> None:
           f"MFU {common.fmt(row['mfu'], '.1%')}, {common.fmt(row['compiled_gb'], '.2f')} GB, "
           f"process peak {common.fmt(row['process_peak_gb'], '.2f')} GB")
     if not args.no_loop:
-        looped = analysis.looped_curves(step)
+        looped = curves.looped_curves(step)
         compile_l, run_l, out_l = _timed(lambda: looped(params, data, ts), args.repeats)
         print(f"looped:  compile {compile_l:.1f}s, run {run_l:.2f}s, "
               f"{work / run_l:.1f} (t x image)/s")

@@ -12,10 +12,8 @@ per device.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
 import flax
@@ -23,10 +21,11 @@ import jax
 import jax.numpy as jnp
 import jaxlib
 
-from jdiffseg import optim, sharding, train
+from jdiffseg.config import recipes
 from jdiffseg.models import build_model
+from jdiffseg.runtime import sharding
+from jdiffseg.training import optim, train
 
-REPO = Path(__file__).resolve().parents[1]
 GB = 1e9
 # Dense peak FLOP/s per device: (float32 on TF32 tensor cores, bfloat16). XLA runs float32
 # convolutions and dots on TF32 by default. The first name found in the device kind counts,
@@ -45,15 +44,10 @@ PEAK_FLOPS: dict[str, tuple[float, float]] = {
 def load_config(arch: str, preset: str, *, mode: str | None = None, size: int | None = None,
                 batch: int | None = None, dtype: str | None = None, remat: bool | None = None
                 ) -> Any:
-    """`configs/<arch>.py` at `preset` (and `mode`, else the file's default), with the given
-    image size, global batch, compute dtype and remat where they are not None."""
-    path = REPO / "configs" / f"{arch}.py"
-    spec = importlib.util.spec_from_file_location(f"configs_{arch}", path)
-    if spec is None or spec.loader is None:
-        raise FileNotFoundError(f"no config file {path}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(f"preset={preset}" + (f",mode={mode}" if mode else ""))
+    """The recipe of `arch` (as `configs/<arch>.py`) at `preset` (and `mode`, else the file's
+    default), with the given image size, global batch, compute dtype and remat where they are
+    not None."""
+    config = recipes.get_config(arch, f"preset={preset}" + (f",mode={mode}" if mode else ""))
     for section, key, value in (("data", "image_size", size), ("data", "batch_size", batch),
                                 ("model", "dtype", dtype), ("model", "remat", remat)):
         if value is not None:
@@ -74,7 +68,8 @@ class TrainStep:
 
 
 def train_step(config: Any) -> TrainStep:
-    """`jdiffseg.train`'s step for `config` (RGB images, one mask channel), as training runs it."""
+    """`jdiffseg.training.train`'s step for `config` (RGB images, one mask channel), as training
+    runs it."""
     batch, size = int(config.data.batch_size), int(config.data.image_size)
     mesh = sharding.make_mesh()
     model = build_model(config.model, image_channels=3)

@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from jdiffseg import cpu_defaults
+from jdiffseg.runtime import cpu_defaults
 
 # (batch, size, in channels, out channels): the tiny EnsemDiff/SegDiff UNet at 64 px input.
 SHAPES = ((4, 64, 32, 32), (4, 64, 96, 32), (4, 32, 64, 64), (4, 32, 128, 64), (4, 16, 64, 64))

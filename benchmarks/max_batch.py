@@ -28,7 +28,7 @@ import common
 import jax
 import numpy as np
 
-from jdiffseg import cpu_defaults, sharding
+from jdiffseg.runtime import cpu_defaults, sharding
 
 ARCHS = ("ensemdiff", "segdiff", "medsegdiff", "nnunet")
 

@@ -7,7 +7,8 @@ chain and for DDIM with 50 respaced steps, per architecture preset.
 
 Each run builds the architecture's config (`configs/<arch>.py:preset=...`) in diffusion mode with
 T = `--ddpm_steps`, initialises random weights (speed does not depend on them) and times
-`jdiffseg.inference.make_predictor`, the function `jdiffseg evaluate` uses: `--batch` images ×
+`jdiffseg.scoring.predictors.make_predictor`, the function `jdiffseg evaluate` uses:
+`--batch` images ×
 `--members` members sampled in one jitted call, sharded over all devices. Printed per
 architecture and sampler: compile seconds (ahead of time, so no call includes it), seconds per
 call (best of `--repeats`), images/s and seconds per image; MFU from the model FLOPs of the
@@ -29,8 +30,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jdiffseg import cpu_defaults, inference, sharding
 from jdiffseg.models import build_model
+from jdiffseg.runtime import cpu_defaults, sharding
+from jdiffseg.scoring import predictors
 
 ARCHS = ("ensemdiff", "segdiff", "medsegdiff")
 
@@ -46,7 +48,7 @@ def forward_flops(model: Any, variables: Any, examples: int, size: int, steps: i
     return common.loop_flops(lowered, steps)
 
 
-def time_sampler(config: Any, options: inference.SamplingOptions, batch: int, steps: int,
+def time_sampler(config: Any, options: predictors.SamplingOptions, batch: int, steps: int,
                  repeats: int) -> dict[str, Any]:
     """Compile and steady-state timings, FLOPs, MFU and memory of one sampling call for
     `batch` images over a chain of `steps` steps."""
@@ -61,7 +63,7 @@ def time_sampler(config: Any, options: inference.SamplingOptions, batch: int, st
     images = jax.device_put(
         jax.random.uniform(key, (batch, size, size, 3), minval=-1.0, maxval=1.0),
         sharding.batch_sharding(mesh))
-    predict = inference.make_predictor(config, model, options, mesh=mesh)
+    predict = predictors.make_predictor(config, model, options, mesh=mesh)
     start = time.perf_counter()
     compiled = predict.lower(variables, images, key).compile()
     compile_s = time.perf_counter() - start
@@ -112,7 +114,7 @@ def main() -> None:
                 print(f"{arch:10s} skipped: its config cannot be built here ({e})", flush=True)
                 break
             config.diffusion.num_timesteps = args.ddpm_steps
-            options = inference.SamplingOptions(
+            options = predictors.SamplingOptions(
                 ensemble_size=args.members, sampler=sampler, sampling_steps=steps, eta=0.0,
                 clip_x0=bool(config.diffusion.clip_x0))
             timing = time_sampler(config, options, args.batch, steps or args.ddpm_steps,

@@ -3,8 +3,8 @@ r"""Train-step speed per architecture preset and image size: ms/step, images/s a
     python benchmarks/train_step.py                                  # tiny presets, 64 and 256 px
     python benchmarks/train_step.py --presets=paper --batch_size=8 --dtype=bfloat16   # on a GPU
 
-The step is the real one (`jdiffseg.train.make_train_step`, jitted over all devices with the
-state donated) on random data. GFLOP per (global) step come from the compiled step's
+The step is the real one (`jdiffseg.training.train.make_train_step`, jitted over all devices
+with the state donated) on random data. GFLOP per (global) step come from the compiled step's
 `cost_analysis()`; MFU is FLOPs per second over the devices' dense peak for the compute dtype
 (known GPUs only, `common.PEAK_FLOPS`). Memory: "GB" is what the compiled step needs per
 device (`memory_analysis()`: arguments, outputs less the donated state, temporaries), "peak GB"
@@ -21,7 +21,7 @@ import common
 import jax
 import numpy as np
 
-from jdiffseg import cpu_defaults, sharding
+from jdiffseg.runtime import cpu_defaults, sharding
 
 ARCHS = ("ensemdiff", "segdiff", "medsegdiff", "nnunet")
 

@@ -11,17 +11,11 @@ segdiff | medsegdiff).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import ml_collections
 
-from jdiffseg.configlib import load_config_file, parse_arg
+from jdiffseg.config import recipes
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """The CPU default; `arg` may set variant, mode and arch."""
-    args = parse_arg(arg, variant="lesion", mode="diffusion", arch="ensemdiff")
-    return load_config_file(
-        Path(__file__).with_name(f"{args.arch}.py"),
-        f"dataset=synthetic,variant={args.variant},mode={args.mode},preset=tiny",
-    )
+    return recipes.default_config(arg)

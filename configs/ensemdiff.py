@@ -6,22 +6,16 @@ r"""EnsemDiff (Wolleb et al. 2022) as its authors trained it.
 Image channels and the noisy mask are concatenated as the UNet input; T=1000 linear betas,
 ε-prediction with a learned-range variance trained by MSE + VB, masks in {0, 1}, AdamW 1e-4,
 EMA 0.9999, batch 10; evaluation fuses 5 full-chain DDPM samples by their mean.
-Arguments: dataset, variant (synthetic), mode, preset (see `jdiffseg.experiment_config`).
+Arguments: dataset, variant (synthetic), mode, preset (see `jdiffseg.config.recipes`).
 """
 
 from __future__ import annotations
 
 import ml_collections
 
-from jdiffseg import experiment_config
-
-AUTHORS = {
-    **experiment_config.GUIDED_DIFFUSION,
-    "data.batch_size": 10,
-    "data.eval_batch_size": 10,
-}
+from jdiffseg.config import recipes
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """EnsemDiff; `arg` like "dataset=isic2016,mode=diffusion,preset=paper"."""
-    return experiment_config.build("ensemdiff", experiment_config.parse(arg), AUTHORS)
+    return recipes.get_config("ensemdiff", arg)

@@ -6,23 +6,16 @@ r"""MedSegDiff (Wu et al. 2023) as its public code trains it.
 The guided UNet (image concatenated) plus an nnU-Net-style condition encoder whose sigmoid
 output 'cal' gets a 10× MSE calibration loss; T=1000 linear, ε-prediction, learned-range
 variance with MSE + VB, masks in {0, 1}; AdamW 1e-4, EMA 0.9999, batch 8; 5-sample ensembles.
-Arguments: dataset, variant (synthetic), mode, preset (see `jdiffseg.experiment_config`).
+Arguments: dataset, variant (synthetic), mode, preset (see `jdiffseg.config.recipes`).
 """
 
 from __future__ import annotations
 
 import ml_collections
 
-from jdiffseg import experiment_config
-
-AUTHORS = {
-    **experiment_config.GUIDED_DIFFUSION,
-    "train.cal_loss_weight": 10.0,
-    "data.batch_size": 8,
-    "data.eval_batch_size": 8,
-}
+from jdiffseg.config import recipes
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """MedSegDiff; `arg` like "dataset=isic2016,mode=diffusion,preset=paper"."""
-    return experiment_config.build("medsegdiff", experiment_config.parse(arg), AUTHORS)
+    return recipes.get_config("medsegdiff", arg)

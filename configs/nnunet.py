@@ -11,22 +11,9 @@ from __future__ import annotations
 
 import ml_collections
 
-from jdiffseg import experiment_config
-
-SETTINGS = {
-    "train.lr": 3e-4,
-    "train.weight_decay": 1e-4,
-    "train.warmup_steps": 100,
-    "train.lr_schedule": "cosine",
-    "train.ema_decay": 0.999,
-    "data.batch_size": 16,
-    "data.eval_batch_size": 16,
-}
+from jdiffseg.config import recipes
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """The baseline; `arg` like "dataset=monuseg,preset=paper"."""
-    args = experiment_config.parse(arg, mode="feedforward")
-    if args.mode != "feedforward":
-        raise ValueError(f"configs/nnunet.py trains feed-forward only, got mode={args.mode!r}")
-    return experiment_config.build("nnunet", args, SETTINGS)
+    return recipes.get_config("nnunet", arg)

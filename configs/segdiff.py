@@ -9,39 +9,16 @@ raw t (their medical script sets rescale_timesteps=False), ε-prediction, fixed 
 no clipping of the predicted x0 (clip_denoised=False), masks in {-1, 1}, loss = per-image sum of
 squared errors; AdamW 1e-4, EMA 0.9999, batch 2 (MoNuSeg script); evaluation: mean of 9
 samples, rounded.
-Arguments: dataset, variant (synthetic), mode, preset (see `jdiffseg.experiment_config`).
+Arguments: dataset, variant (synthetic), mode, preset (see `jdiffseg.config.recipes`).
 """
 
 from __future__ import annotations
 
 import ml_collections
 
-from jdiffseg import experiment_config
-
-AUTHORS = {
-    "diffusion.num_timesteps": 100,
-    "diffusion.schedule": "linear",
-    "diffusion.prediction": "eps",
-    "diffusion.variance": "fixed_large",
-    "diffusion.use_vb": False,
-    "diffusion.mask_encoding": "plus_minus_one",
-    "diffusion.loss_reduction": "sum",
-    "diffusion.rescale_timesteps": False,
-    "diffusion.clip_x0": False,
-    "train.lr": 1e-4,
-    "train.weight_decay": 0.0,
-    "train.warmup_steps": 0,
-    "train.lr_schedule": "constant",
-    "train.ema_decay": 0.9999,
-    "data.batch_size": 2,
-    "data.eval_batch_size": 2,
-    "eval.ensemble_size": 9,
-    "eval.sampler": "ddpm",
-    "eval.sampling_steps": 0,
-    "eval.fusion": "mean",
-}
+from jdiffseg.config import recipes
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    """SegDiff; `arg` like "dataset=monuseg,mode=diffusion,preset=paper"."""
-    return experiment_config.build("segdiff", experiment_config.parse(arg), AUTHORS)
+    """SegDiff; `arg` like "dataset=isic2016,mode=diffusion,preset=paper"."""
+    return recipes.get_config("segdiff", arg)

@@ -21,7 +21,8 @@ import sys
 
 from absl import app, flags, logging
 
-from jdiffseg import cpu_defaults, study
+from jdiffseg.runtime import cpu_defaults
+from jdiffseg.study import study
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out_dir", "runs/study", "where runs, table and figures go")

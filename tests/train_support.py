@@ -6,7 +6,7 @@ from pathlib import Path
 
 import ml_collections
 
-from jdiffseg import configlib
+from jdiffseg.config import schema
 
 SIZE = 16
 
@@ -14,7 +14,7 @@ SIZE = 16
 def tiny_config(data_dir: Path | str, mode: str = "diffusion", arch: str = "ensemdiff",
                 steps: int = 4) -> ml_collections.ConfigDict:
     """The smallest config that exercises the whole loop (EnsemDiff-style, CPU seconds)."""
-    c = configlib.base_config()
+    c = schema.base_config()
     c.model.arch, c.model.mode, c.model.preset = arch, mode, "tiny"
     c.model.base_channels, c.model.channel_mult = 32, (1, 2)
     c.model.attention_resolutions = ()

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import ml_collections
 
-from jdiffseg import configlib
+from jdiffseg.config import schema
 
 
 def data_config_defaults() -> ml_collections.ConfigDict:
-    """The `config.data` section with its defaults (the one config tree in `configlib`)."""
-    return configlib.base_config().data
+    """The `config.data` section with its defaults (from the one tree, `jdiffseg.config.schema`)."""
+    return schema.base_config().data
 
 
 def resolve(data: ml_collections.ConfigDict,

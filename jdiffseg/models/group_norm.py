@@ -5,8 +5,10 @@ XLA turns each of those reductions into its own pass. The closed-form backward n
 per-channel sums, Σdy and Σdy·(x − μ), then one elementwise pass. On two CPU cores this takes
 the tiny EnsemDiff train step at 64 px from 345 to 307 ms (`benchmarks/RESULTS.md`).
 
-Statistics are per sample and group over all positions and the group's channels; the
-variance is two-pass (about the mean), so a mean far from zero costs no precision.
+Statistics are per sample and group over all positions and the group's channels. The mean is
+corrected by a second pass (μ = m + mean(x − m)) and the output computed as (x − μ)·gain + bias,
+so a mean far from zero costs no more than the input's own float32 resolution: at mean 1e4 and
+sd 0.1 the error is about half an ulp of the input in normalised units.
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ def _statistics(flat: jax.Array, groups: int) -> tuple[jax.Array, jax.Array]:
     """Per-(sample, group) mean and 1/sqrt(var + EPS) of float32 (b, positions, c), two-pass."""
     c = flat.shape[-1]
     count = flat.shape[1] * (c // groups)
-    mean = _to_groups(flat.sum(1), groups) / count
+    rough = _to_groups(flat.sum(1), groups) / count
+    mean = rough + _to_groups((flat - _to_channels(rough, c)[:, None]).sum(1), groups) / count
     centred = flat - _to_channels(mean, c)[:, None]
     var = _to_groups(jnp.square(centred).sum(1), groups) / count
     return mean, jax.lax.rsqrt(var + EPS)
@@ -55,8 +58,7 @@ def _forward(x: jax.Array, scale: jax.Array, bias: jax.Array, groups: int
     c = flat.shape[-1]
     mean, inv_std = _statistics(flat, groups)
     gain = _to_channels(inv_std, c) * scale
-    offset = bias - _to_channels(mean, c) * gain
-    y = flat * gain[:, None] + offset[:, None]
+    y = (flat - _to_channels(mean, c)[:, None]) * gain[:, None] + bias
     return y.reshape(x.shape), (x, scale, mean, inv_std)
 
 

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 
 MODES = ("diffusion", "feedforward", "mask_only", "image_generation")
 
@@ -36,6 +37,17 @@ def out_channels(mode: str, image_channels: int, mask_channels: int, learn_sigma
     """Output channels: ``x_t``'s channels, doubled when σ is learned (not in feedforward)."""
     base = x_channels(mode, image_channels, mask_channels)
     return base * 2 if learn_sigma and mode != "feedforward" else base
+
+
+def init_inputs(
+    mode: str, image_shape: tuple[int, int, int, int], mask_channels: int = 1
+) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+    """Zero (x_t, t, image) of the shapes a model in `mode` is called with, for `model.init`;
+    `image_shape` is (B, H, W, C) of the images."""
+    B, H, W, C = image_shape
+    x_t = jnp.zeros((B, H, W, x_channels(mode, C, mask_channels)), jnp.float32)
+    image = jnp.zeros((B, H, W, C), jnp.float32) if uses_image(mode) else None
+    return x_t, jnp.zeros((B,), jnp.int32), image
 
 
 def check_inputs(

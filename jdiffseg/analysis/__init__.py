@@ -1,0 +1,1 @@
+"""The timestep analysis: per-t curves, analysed runs, results, fingerprints and plots."""

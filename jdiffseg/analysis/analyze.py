@@ -1,0 +1,128 @@
+"""The analysis of a trained run end to end, and the comparison of analysed runs.
+
+    jdiffseg analyze --workdir=runs/ens [--mask_only_workdir=runs/ens_e3]
+        [--image_generation_workdir=runs/ens_e4] [--emit_adapted_config]
+    jdiffseg analyze --compare runs/lesion runs/nuclei runs/tissue [--out=fingerprints.png]
+
+Outputs: DIR/analysis/timesteps.json (mean curves, their std over images, the standard error
+of Δ(t) per metric, the mask prior's Dice/IoU, the fingerprint summary of
+`jdiffseg.analysis.fingerprint`), timesteps.csv (one row per t), loss.png, recovery.png,
+contribution.png, and with
+`--emit_adapted_config` adapted_config.json plus one adapted_<method>.flags file per method.
+"""
+
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import ml_collections
+
+from jdiffseg.analysis import curves, fingerprint, plots, runs
+from jdiffseg.analysis import results as results_io
+from jdiffseg.runtime import run_dir
+
+
+def analyze(
+    workdir: str,
+    *,
+    config: ml_collections.ConfigDict | None = None,
+    mask_only_workdir: str | None = None,
+    image_generation_workdir: str | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Runs the analysis of `workdir`; writes DIR/analysis/{timesteps.json,.csv,*.png}.
+
+    `config` is the run's config with any `--config.analysis.*` overrides (default: its
+    config.json); its `analysis` section also decides how the other runs are loaded.
+    """
+    config = run_dir.read_config(workdir) if config is None else config
+    a = config.analysis
+    images, masks = runs.load_images(config)
+    load = dict(checkpoint=a.checkpoint, use_ema=bool(a.use_ema), image_shape=images.shape[1:])
+    run = runs.load_analysed_run(workdir, mode="diffusion", config=config, **load)
+    T = run.schedule.num_timesteps
+    timesteps = curves.analysis_timesteps(T, int(a.t_stride))
+    log(f"analysis of {workdir} (step {run.step}): {len(timesteps)} timesteps x "
+        f"{len(images)} images on {jax.device_count()} device(s)")
+    mask_only = None
+    if mask_only_workdir:
+        mask_only = runs.load_analysed_run(mask_only_workdir, mode="mask_only", **load)
+        runs.check_same_process(run, mask_only)
+    per_image = curves.compute_segmentation_curves(
+        run.denoiser, run.variables, run.schedule, images, masks, timesteps,
+        mask_only=mask_only.denoiser if mask_only else None,
+        mask_only_params=mask_only.variables if mask_only else None,
+        seed=int(a.seed), chunk_size=int(a.chunk_size),
+    )
+    mean, std = results_io.summarize_curves(per_image)
+    result: dict[str, Any] = {
+        "workdir": os.path.abspath(workdir),
+        "step": run.step,
+        "dataset": config.data.name,
+        "variant": config.data.variant,
+        "arch": config.model.arch,
+        "split": a.split,
+        "num_images": len(images),
+        "num_timesteps": T,
+        "mask_encoding": config.diffusion.mask_encoding,
+        "prediction": config.diffusion.prediction,
+        "blank_image": "zeros in the normalised [-1, 1] image space",
+        "mask_only_workdir": os.path.abspath(mask_only_workdir) if mask_only_workdir else None,
+        "timesteps": timesteps.tolist(),
+        "curves": mean,
+        "std": std,
+        "contribution_sem": results_io.contribution_sem(per_image),
+        **curves.prior_scores(masks),
+    }
+    if image_generation_workdir:
+        gen = runs.load_analysed_run(image_generation_workdir, mode="image_generation", **load)
+        gen_t = curves.analysis_timesteps(gen.schedule.num_timesteps, int(a.t_stride))
+        gen_curves = curves.compute_generation_curves(
+            gen.denoiser, gen.variables, gen.schedule, images, gen_t,
+            seed=int(a.seed), chunk_size=int(a.chunk_size),
+        )
+        gen_mean, gen_std = results_io.summarize_curves(gen_curves)
+        result["image_generation"] = {
+            "workdir": os.path.abspath(image_generation_workdir),
+            "num_timesteps": gen.schedule.num_timesteps,
+            "timesteps": gen_t.tolist(),
+            "loss": gen_mean["loss"],
+            "loss_std": gen_std["loss"],
+            "target_mse": gen_mean["target_mse"],
+        }
+    options = fingerprint.options_from_config(a)
+    result["fingerprint"] = fingerprint.summary(result, **options)
+    if jax.process_index() == 0:
+        out_dir = os.path.join(workdir, results_io.ANALYSIS_DIR)
+        paths = [*results_io.write_results(result, out_dir),
+                 *plots.plot_run(result, out_dir, **options)]
+        log("wrote " + ", ".join(paths))
+    return result
+
+
+def compare(
+    dirs: Sequence[str],
+    labels: Sequence[str] | None,
+    out: str,
+    analysis_config: ml_collections.ConfigDict,
+) -> tuple[dict[str, Any], str, str]:
+    """Overlays the fingerprints of analysed runs; returns (summary per label, figure path,
+    summary table path). Labels default to the directories' names."""
+    results = [results_io.load_results(d) for d in dirs]
+    labels = list(labels) if labels else [os.path.basename(os.path.normpath(d)) for d in dirs]
+    if len(labels) != len(results):
+        raise ValueError(f"{len(labels)} labels for {len(results)} analysed runs")
+    options = fingerprint.options_from_config(analysis_config)
+    table = {lab: fingerprint.summary(r, **options) for lab, r in zip(labels, results, strict=True)}
+    figure = plots.plot_compare(
+        results, labels, out, metric=options["metric"], reference=options["reference"]
+    )
+    table_path = os.path.splitext(out)[0] + ".json"
+    with open(table_path, "w") as f:
+        json.dump(table, f, indent=2)
+    return table, figure, table_path

@@ -1,0 +1,1 @@
+"""The `jdiffseg` command: dispatch, flag parsing, one thin module per subcommand."""

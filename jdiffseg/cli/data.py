@@ -1,0 +1,114 @@
+"""`jdiffseg data build NAME ...` and `jdiffseg data show NAME --out=grid.png`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import ml_collections
+from absl import flags
+
+from jdiffseg.data.config import data_config_defaults
+from jdiffseg.data.images import DataError
+from jdiffseg.data.pipeline import make_loader
+from jdiffseg.data.registry import NAMES, build_dataset
+from jdiffseg.evaluation import figures
+
+COMMANDS = {
+    "build": "prepare a dataset (no-op when already complete)",
+    "show": "write a grid of images with mask overlays",
+}
+
+
+def _flags() -> flags.FlagValues:
+    fv = flags.FlagValues()
+    flags.DEFINE_string("variant", None, "synthetic: lesion|nuclei|tissue; folder: a label naming "
+                        "the stored data (default: custom)", flag_values=fv)
+    flags.DEFINE_integer("image_size", None, "square size in px (default 64 for synthetic, "
+                         "else 256)", flag_values=fv)
+    flags.DEFINE_string("data_dir", None, "where prepared data lives (default: TFDS's)",
+                        flag_values=fv)
+    flags.DEFINE_string("manual_dir", None, "folder holding the downloaded originals",
+                        flag_values=fv)
+    flags.DEFINE_string("split_file", None, "folder datasets: JSON split file", flag_values=fv)
+    flags.DEFINE_integer("seed", None, "the data's seed (synthetic, validation carving)",
+                         flag_values=fv)
+    flags.DEFINE_integer("num_train_examples", None, "synthetic train split size",
+                         flag_values=fv)
+    flags.DEFINE_bool("overwrite", False, "build: regenerate even if complete", flag_values=fv)
+    flags.DEFINE_string("out", None, "show: PNG file to write", flag_values=fv)
+    flags.DEFINE_enum("split", "train", ["train", "validation", "test"], "show: the split",
+                      flag_values=fv)
+    flags.DEFINE_integer("num", 16, "show: number of examples in the grid", flag_values=fv)
+    flags.DEFINE_bool("augment", False, "show: the training pipeline's output (augmentation "
+                      "from the defaults)", flag_values=fv)
+    return fv
+
+
+def _usage(fv: flags.FlagValues) -> str:
+    commands = "\n".join(f"  {name:<6} {text}" for name, text in COMMANDS.items())
+    return (f"usage: jdiffseg data build|show NAME [flags]\n\n{commands}\n\nNAME: "
+            f"{' | '.join(NAMES)}\n\n{fv.get_help()}")
+
+
+def config_from_flags(name: str, fv: flags.FlagValues) -> ml_collections.ConfigDict:
+    """A config with the `data` section set from the command line."""
+    data = data_config_defaults()
+    data.name = name
+    data.image_size = fv.image_size or (64 if name == "synthetic" else 256)
+    if fv.variant:
+        data.variant = fv.variant
+    elif name == "folder":
+        data.variant = "custom"
+    for field in ("data_dir", "manual_dir", "split_file", "seed", "num_train_examples"):
+        value = fv[field].value
+        if value is not None:
+            data[field] = value
+    return ml_collections.ConfigDict({"data": data})
+
+
+def _show(config: ml_collections.ConfigDict, fv: flags.FlagValues) -> None:
+    config.data.batch_size = config.data.eval_batch_size = fv.num
+    loader = make_loader(config, fv.split, train=fv.augment, seed=0, shard=(0, 1))
+    batch = next(iter(loader))
+    keep = batch["valid"] > 0
+    out = Path(fv.out).expanduser()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ids = [str(i) for i in batch["index"][keep]]
+    figures.overlay_grid(out, batch["image"][keep], batch["mask"][keep], ids=ids, ncols=8)
+    print(f"wrote {out} ({int(keep.sum())} examples of {config.data.name}/{fv.split})")
+
+
+def main(argv: list[str]) -> int:
+    """Runs `jdiffseg data ...`; `argv` excludes the program and `data` words. Returns 0 on
+    success, 1 when the data is missing or bad (the message says which file and where)."""
+    fv = _flags()
+    if any(a in ("-h", "--help", "-help") for a in argv):
+        print(_usage(fv))
+        return 0
+    try:
+        positional = fv(["jdiffseg data", *argv])[1:]
+    except flags.Error as e:
+        print(f"jdiffseg data: bad flag: {e}", file=sys.stderr)
+        return 2
+    if len(positional) != 2 or positional[0] not in COMMANDS or positional[1] not in NAMES:
+        print(f"jdiffseg data: expected build|show NAME, got {positional}\n\n{_usage(fv)}",
+              file=sys.stderr)
+        return 2
+    command, name = positional
+    if command == "show" and not fv.out:
+        print("jdiffseg data show: give --out=FILE.png", file=sys.stderr)
+        return 2
+    config = config_from_flags(name, fv)
+    try:
+        if command == "build":
+            builder = build_dataset(config, overwrite=fv.overwrite)
+            sizes = {k: v.num_examples for k, v in builder.info.splits.items()}
+            print(f"{config.data.name}/{builder.builder_config.name} ready in {builder.data_dir}: "
+                  f"{sizes}")
+        else:
+            _show(config, fv)
+    except (DataError, ValueError) as e:
+        print(f"error: {e}")
+        return 1
+    return 0

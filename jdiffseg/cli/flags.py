@@ -1,0 +1,73 @@
+"""Flag parsing shared by the subcommands: absl flags, the `--config` file flag, and a run's
+own config.json as a flag whose `--config.a.b=v` overrides are typed by that file."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import ml_collections
+from absl import flags
+from ml_collections import config_flags
+
+
+def parse_flags(fv: flags.FlagValues, prog: str, argv: list[str]) -> None:
+    """Parses a subcommand's own flags; `--help` prints them, a bad flag exits 2 with why."""
+    if any(a in ("-h", "--help", "-help") for a in argv):
+        print(f"usage: jdiffseg {prog} [flags]\n\n{fv.get_help()}")
+        sys.exit(0)
+    try:
+        extra = fv([f"jdiffseg {prog}", *argv])
+    except (flags.Error, KeyError, AttributeError, ValueError, TypeError) as e:
+        # ml_collections reports an unknown `--config.x` key as KeyError/AttributeError.
+        cause: object = e
+        while isinstance(cause, BaseException) and cause.args:
+            cause = cause.args[0]
+        message = str(cause).replace("\n", "; ")
+        print(f"jdiffseg {prog}: bad flag or config key: {message}", file=sys.stderr)
+        sys.exit(2)
+    if len(extra) > 1:
+        print(f"jdiffseg {prog}: unexpected arguments {extra[1:]}", file=sys.stderr)
+        sys.exit(2)
+
+
+def define_config_flag(fv: flags.FlagValues, argv: list[str]) -> flags.FlagHolder:
+    """The `--config=FILE[:ARG]` flag (locked config) every config-driven subcommand takes.
+
+    `argv` must be the arguments that will be parsed: ml_collections reads the
+    `--config.a.b=v` overrides from it when the flag is defined.
+    """
+    return config_flags.DEFINE_config_file(
+        "config",
+        None,
+        "config file, e.g. configs/ensemdiff.py:dataset=isic2016",
+        flag_values=fv,
+        lock_config=True,
+        sys_argv=["jdiffseg", *argv],
+    )
+
+
+def flag_value(argv: Sequence[str], name: str) -> str | None:
+    """The value of `--name=v` or `--name v` in argv, before the flags are parsed."""
+    for i, arg in enumerate(argv):
+        if arg.startswith(f"--{name}="):
+            return arg.split("=", 1)[1]
+        if arg == f"--{name}" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+def define_run_config_flag(
+    fv: flags.FlagValues, base: ml_collections.ConfigDict, argv: Sequence[str], help_text: str
+) -> flags.FlagHolder:
+    """`--config`: a run's config (`base`, locked) whose keys `--config.a.b=v` in `argv`
+    override. Raises KeyError or AttributeError naming an unknown key."""
+    return config_flags.DEFINE_config_dict(
+        "config", base, help_text, flag_values=fv, lock_config=True,
+        sys_argv=["jdiffseg", *argv],
+    )
+
+
+def config_overrides(fv: flags.FlagValues) -> dict:
+    """The `--config.a.b=v` values given on the command line, as dotted keys."""
+    return dict(config_flags.get_override_values(fv["config"]))

@@ -1,0 +1,1 @@
+"""Configs: the schema of every key, the experiment recipes, and parsing and overrides."""

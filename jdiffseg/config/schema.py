@@ -1,0 +1,145 @@
+"""The schema: every key a run understands, with CPU-friendly defaults.
+
+A run's `config.json` is this tree resolved; `--config.a.b=v` may set only keys listed here
+(configs are locked), so a typo fails and names itself.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """All keys a run understands, with CPU-friendly defaults."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "synthetic"  # synthetic | isic2016 | monuseg | her2 | folder
+    c.data.variant = "lesion"  # synthetic: lesion | nuclei | tissue; folder: a label for the data
+    c.data.image_size = 64
+    c.data.data_dir = ""  # prepared datasets; '' = the TFDS default (~/tensorflow_datasets)
+    c.data.manual_dir = ""  # real datasets' original archives; '' = <data_dir>/downloads/manual
+    c.data.batch_size = 16  # global, over all processes and devices
+    c.data.eval_batch_size = 16
+    c.data.num_workers = 0  # grain worker processes; 0 reads in the main process
+    c.data.prefetch = 2  # train batches put on the devices ahead by a thread; 0 = off
+    c.data.num_train_examples = 512  # synthetic only
+    c.data.num_val_examples = 64
+    c.data.num_test_examples = 128
+    c.data.seed = 0  # the data's own seed (synthetic generation, validation carving)
+    c.data.val_fraction = 0.1  # carved from train where a dataset has no validation split
+    c.data.test_fraction = 0.2  # folder datasets without a split file
+    c.data.split_file = ""  # folder datasets; default manual_dir/splits.json if present
+    c.data.tile_size = 512  # MoNuSeg tiles are resized to this before patching
+    c.data.patch_stride = 0  # MoNuSeg patch stride; 0 = image_size
+    c.data.augment = ml_collections.ConfigDict()
+    c.data.augment.flip = True
+    c.data.augment.rot90 = True
+    c.data.augment.crop_scale = 1.0  # min area fraction of a random resized crop; 1.0 = off
+    c.data.augment.color_jitter = 0.0  # brightness/contrast/saturation/hue strength; 0 = off
+
+    c.model = ml_collections.ConfigDict()
+    c.model.arch = "ensemdiff"  # ensemdiff | segdiff | medsegdiff | nnunet
+    c.model.preset = "tiny"
+    c.model.mode = "diffusion"  # diffusion | feedforward | mask_only | image_generation
+    c.model.dtype = "float32"  # compute dtype; params and normalisation stay float32
+    c.model.remat = False
+    c.model.base_channels = 32
+    c.model.channel_mult = (1, 2, 2)
+    c.model.num_res_blocks = 1
+    c.model.attention_resolutions = (4,)  # downsampling factors with attention
+    c.model.num_heads = 1
+    c.model.num_head_channels = -1
+    c.model.dropout = 0.0
+    c.model.use_scale_shift_norm = False
+    c.model.resblock_updown = False
+    c.model.learn_sigma = False
+    c.model.num_heads_upsample = -1  # -1: num_heads
+    c.model.conv_resample = True  # convolutions in the up/downsampling layers
+    c.model.norm_groups = 32  # GroupNorm groups of the UNet
+    c.model.rrdb_blocks = 2  # SegDiff image encoder
+    c.model.rrdb_channels = 32
+    c.model.rrdb_growth = 32
+    c.model.medsegdiff_version = "new"  # new | v1
+    c.model.encoder_base_channels = 8  # nnU-Net-style condition encoder / baseline
+    c.model.encoder_max_channels = 64
+    c.model.encoder_num_pool = 5  # downsampling stages of the encoder
+    c.model.encoder_norm = "batch"  # batch | instance
+    c.model.encoder_dropout = 0.5
+
+    c.diffusion = ml_collections.ConfigDict()
+    c.diffusion.num_timesteps = 100
+    c.diffusion.schedule = "linear"  # linear | cosine | custom
+    c.diffusion.custom_betas = config_dict.placeholder(tuple)
+    c.diffusion.prediction = "eps"  # eps | x0 | v
+    c.diffusion.variance = "fixed_small"  # fixed_small | fixed_large | learned_range
+    c.diffusion.mask_encoding = "zero_one"  # zero_one | plus_minus_one
+    c.diffusion.loss_reduction = "mean"  # mean over pixels | sum per image (SegDiff)
+    c.diffusion.use_vb = False
+    c.diffusion.timestep_sampling = "uniform"  # uniform | range | importance | weights
+    c.diffusion.t_min = 0
+    c.diffusion.t_max = -1  # -1: T - 1
+    c.diffusion.timestep_weights = config_dict.placeholder(tuple)
+    c.diffusion.clip_x0 = True
+    c.diffusion.rescale_timesteps = False  # True: the network sees t*1000/T
+
+    c.train = ml_collections.ConfigDict()
+    c.train.steps = 2000
+    c.train.lr = 3e-4
+    c.train.warmup_steps = 100
+    c.train.lr_schedule = "cosine"  # constant | cosine
+    c.train.weight_decay = 0.0
+    c.train.grad_clip = 1.0
+    c.train.ema_decay = 0.999
+    c.train.ema_warmup = True  # decay min(ema_decay, (1 + step) / (10 + step))
+    c.train.grad_accum = 1
+    c.train.feedforward_t = 0  # the fixed timestep a feed-forward model sees
+    c.train.cal_loss_weight = 10.0  # MedSegDiff calibration loss
+    c.train.log_every = 50
+    c.train.eval_every = 500
+    c.train.checkpoint_every = 500
+    c.train.keep_checkpoints = 2
+    c.train.best_metric = "dice"  # validation metric that picks the best checkpoint
+    c.train.fsdp = False
+    c.train.distributed = False  # call jax.distributed.initialize()
+    c.train.coordinator_address = config_dict.placeholder(str)
+    c.train.num_processes = config_dict.placeholder(int)
+    c.train.process_id = config_dict.placeholder(int)
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.split = "test"
+    c.eval.checkpoint = "best"  # best | latest
+    c.eval.use_ema = True
+    c.eval.ensemble_size = 5
+    c.eval.sampler = "ddim"  # ddpm | ddim
+    c.eval.sampling_steps = 25  # respaced steps; 0 = the full chain
+    c.eval.eta = 0.0
+    c.eval.fusion = "mean"  # mean | majority | staple
+    c.eval.threshold = 0.5
+    c.eval.num_bins = 10
+    c.eval.num_examples = -1  # -1: the whole split
+    c.eval.ff_ensemble = "none"  # feed-forward test-time ensemble: none | flip | dropout
+    c.eval.ff_ensemble_size = 8  # its members (flip: at most 8, the square's symmetries)
+    c.eval.extra_protocols = ""  # comma-separated reference protocols, e.g. "threshold_sweep"
+    c.eval.num_cases = 4  # images in the case-grid figure
+    c.eval.bootstrap_resamples = 2000  # for the 95 % intervals of per-image means
+    c.eval.val_ensemble_size = 2  # during training
+    c.eval.val_sampling_steps = 10
+    c.eval.val_num_examples = 32
+
+    c.analysis = ml_collections.ConfigDict()
+    c.analysis.split = "validation"
+    c.analysis.num_images = 32
+    c.analysis.t_stride = 1
+    c.analysis.chunk_size = 16  # timesteps evaluated together
+    c.analysis.seed = 0  # the fixed noise: image i gets fold_in(seed, i) at every t
+    c.analysis.checkpoint = "best"  # best | latest | a step number, for every analysed run
+    c.analysis.use_ema = True
+    # Adapted diffusion: the image's contribution Δ(t) = recovery with image − without.
+    c.analysis.adapt_metric = "mse"  # mse | dice | iou: the recovery measure behind Δ(t)
+    c.analysis.adapt_reference = "blank"  # blank | mask_only: "without the image"
+    c.analysis.adapt_fraction = 0.1  # range: timesteps where Δ(t) >= fraction · max Δ
+    c.analysis.adapt_floor = 0.1  # weights/schedule: min weight relative to the peak of Δ
+    return c

@@ -1,0 +1,1 @@
+"""Evaluation of a trained run: the evaluate loop, its outputs and figures, the report."""

@@ -1,0 +1,132 @@
+"""The evaluation's outputs: the metrics.json schema, per_image.csv and the figures, written
+so that a reader never sees a half-written metrics.json."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from jdiffseg.evaluation import figures
+from jdiffseg.evaluation.scores import EXTRA_PROTOCOLS, SWEEP_THRESHOLDS, extra_protocols
+from jdiffseg.scoring import fusion, metrics, stats
+
+
+def _summaries(
+    per_image: Mapping[str, np.ndarray], resamples: int, seed: int
+) -> dict[str, dict[str, float]]:
+    return stats.summarize_all(per_image, num_resamples=resamples, seed=seed)
+
+
+def _write_csv(path: Path, ids: list[str], per_image: Mapping[str, np.ndarray]) -> None:
+    columns = list(per_image)
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["row", "id", *columns])
+        for i, name in enumerate(ids):
+            writer.writerow([i, name, *(f"{float(per_image[c][i]):.6g}" for c in columns)])
+
+
+def build_results(
+    config: ml_collections.ConfigDict,
+    workdir: Path,
+    meta: Mapping[str, Any],
+    prediction: dict[str, Any],
+    per: dict[str, np.ndarray],
+    acc_probs: metrics.MetricState,
+    acc_fused: metrics.MetricState,
+    count: int,
+    seconds: dict[str, float],
+) -> dict[str, Any]:
+    """The content of metrics.json."""
+    e = config.eval
+    resamples, seed = int(e.bootstrap_resamples), int(config.seed)
+    extra_keys = {"dice_threshold_sweep", "iou_threshold_sweep"}
+    fusion_keys = {f"{m}_{f}" for m in ("dice", "iou") for f in fusion.FUSION_METHODS}
+    main_per = {k: v for k, v in per.items() if k not in extra_keys | fusion_keys}
+    probs = {k: float(v) for k, v in metrics.compute(acc_probs).items()}
+    fused = metrics.compute(acc_fused)
+    extra: dict[str, Any] = {}
+    if "threshold_sweep" in extra_protocols(config):
+        extra["threshold_sweep"] = {
+            "description": EXTRA_PROTOCOLS["threshold_sweep"],
+            "thresholds": list(SWEEP_THRESHOLDS),
+            **_summaries({"dice": per["dice_threshold_sweep"],
+                          "iou": per["iou_threshold_sweep"]}, resamples, seed),
+        }
+    return {
+        "workdir": str(workdir),
+        "checkpoint": {"which": e.checkpoint, "step": meta.get("step"),
+                       "ema": bool(e.use_ema), "val_metrics": meta.get("metrics", {})},
+        "run": {"arch": config.model.arch, "preset": config.model.preset,
+                "mode": config.model.mode, "dataset": config.data.name,
+                "variant": config.data.variant, "image_size": int(config.data.image_size),
+                "split": e.split},
+        "prediction": prediction,
+        "fusion": e.fusion,
+        "threshold": float(e.threshold),
+        "num_bins": int(e.num_bins),
+        "num_images": count,
+        "summary": _summaries(main_per, resamples, seed),
+        "dataset": {
+            "dice_pooled": float(fused["dice_pooled"]),
+            "iou_pooled": float(fused["iou_pooled"]),
+            **{k: probs[k] for k in ("ece_top_label", "ece_foreground", "brier", "nll")},
+            "num_pixels": int(probs["num_pixels"]),
+        },
+        "fusion_methods": {
+            name: _summaries({"dice": per[f"dice_{name}"], "iou": per[f"iou_{name}"]},
+                             resamples, seed)
+            for name in fusion.FUSION_METHODS
+        },
+        "extra_protocols": extra,
+        "definitions": {
+            "dice_iou": f"of the fused mask ({e.fusion}), per image, empty/empty = 1",
+            "calibration": "of the member-mean probability over all pixels; ECE with "
+                           f"{e.num_bins} equal-width bins",
+            "interval": f"percentile bootstrap {stats.DEFAULT_CONFIDENCE:.0%} of the mean over "
+                        f"images, {resamples} resamples",
+        },
+        "timing": {**seconds,
+                   "images_per_second": count / max(seconds["predict_seconds"], 1e-9),
+                   "devices": jax.device_count(), "platform": jax.devices()[0].platform},
+    }
+
+
+def write_outputs(
+    out_dir: Path,
+    results: dict[str, Any],
+    ids: list[str],
+    per: dict[str, np.ndarray],
+    acc_probs: metrics.MetricState,
+    cases: dict[str, list[np.ndarray]],
+    config: ml_collections.ConfigDict,
+) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run = results["run"]
+    title = f"{run['arch']} · {run['dataset']} · {run['mode']}"
+    files = {
+        "metrics": out_dir / "metrics.json",
+        "per_image": out_dir / "per_image.csv",
+        "reliability": out_dir / "reliability.png",
+        "cases": out_dir / "cases.png",
+    }
+    _write_csv(files["per_image"], ids, per)
+    figures.reliability_diagram(acc_probs, files["reliability"], title=title)
+    shown = {k: np.concatenate(v) for k, v in cases.items()}
+    figures.case_grid(
+        files["cases"], shown["image"], shown["label"], shown["members"], shown["fused"],
+        shown["entropy"], ids=ids[: len(shown["image"])], uncertainty_name="entropy (bits)",
+        max_cases=int(config.eval.num_cases),
+    )
+    results["files"] = {k: str(v) for k, v in files.items()}
+    tmp = files["metrics"].with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=2, sort_keys=False))
+    os.replace(tmp, files["metrics"])

@@ -1,0 +1,1 @@
+"""Shared run infrastructure: the run directory, checkpoints, sharding, logging, CPU settings."""

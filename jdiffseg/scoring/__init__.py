@@ -1,0 +1,1 @@
+"""Scoring shared by validation and evaluation: metrics, fusion, statistics, predictors."""

@@ -1,0 +1,227 @@
+"""Foreground probabilities from a trained model: the ensemble for diffusion modes, the sigmoid
+for feed-forward ones, optionally as a test-time ensemble (flips and rotations, or MC dropout).
+Used by validation during training and by evaluation.
+
+A diffusion model draws `ensemble_size` masks per image with DDPM or (respaced) DDIM; each
+member is decoded into the {0, 1} scale and clipped to [0, 1], and the ensemble probability is
+their mean (EnsemDiff and SegDiff fuse that mean by thresholding). A feed-forward model gives
+one member, sigmoid(logits). Everything runs in one `jax.jit`, sharded over the batch when a
+mesh is given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+
+from jdiffseg import diffusion
+from jdiffseg.diffusion import Schedule, objectives
+from jdiffseg.runtime import sharding
+
+Predictor = Callable[[Any, jax.Array, jax.Array], dict[str, jax.Array]]
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingOptions:
+    """How masks are drawn: members per image, sampler, respaced steps (0: all T), DDIM eta."""
+
+    ensemble_size: int = 5
+    sampler: str = "ddim"
+    sampling_steps: int = 25
+    eta: float = 0.0
+    clip_x0: bool = True
+
+    def __post_init__(self) -> None:
+        if self.ensemble_size < 1:
+            raise ValueError(f"ensemble_size must be >= 1, got {self.ensemble_size}")
+        if self.sampler not in diffusion.SAMPLERS:
+            raise ValueError(f"sampler {self.sampler!r} is not one of {diffusion.SAMPLERS}")
+        if self.sampling_steps < 0:
+            raise ValueError(
+                f"sampling_steps must be >= 0 (0: the full chain), got {self.sampling_steps}"
+            )
+
+
+def options_from_config(config: Any, *, validation: bool = False) -> SamplingOptions:
+    """`config.eval`'s sampling settings (the smaller `val_*` ensemble when `validation`)."""
+    e = config.eval
+    return SamplingOptions(
+        ensemble_size=int(e.val_ensemble_size if validation else e.ensemble_size),
+        sampler=e.sampler,
+        sampling_steps=int(e.val_sampling_steps if validation else e.sampling_steps),
+        eta=float(e.eta),
+        clip_x0=bool(config.diffusion.clip_x0),
+    )
+
+
+def make_predictor(
+    config: Any,
+    model: Any,
+    options: SamplingOptions,
+    *,
+    schedule: Schedule | None = None,
+    mesh: Mesh | None = None,
+) -> Predictor:
+    """A jitted `predict(variables, images, key) -> {'members', 'mean'}`.
+
+    `variables` is the Flax variable dict ({'params': ..., 'batch_stats'?: ...}); `images`
+    (B, H, W, C) in [-1, 1]. 'members' is (B, n, H, W, 1) and 'mean' (B, H, W, 1), both
+    foreground probabilities in [0, 1]. With `mesh`, images and outputs are sharded over its
+    'data' axis and the variables replicated. Modes: 'diffusion', 'feedforward' and
+    'mask_only' (unconditional masks; the images only set the batch size).
+    """
+    obj = objectives.from_config(config)
+    if obj.mode == "image_generation":
+        raise ValueError("predict: model.mode='image_generation' produces images, not masks")
+    schedule = diffusion.from_config(config.diffusion) if schedule is None else schedule
+    low, high = diffusion.value_range(obj.encoding)
+
+    def apply(variables, x_t, t, image):
+        return model.apply(variables, x_t, objectives.model_timesteps(obj, t), image, train=False)
+
+    def predict(variables: Any, images: jax.Array, key: jax.Array) -> dict[str, jax.Array]:
+        images = images.astype(jnp.float32)
+        B, H, W, _ = images.shape
+        if obj.mode == "feedforward":
+            t = jnp.full((B,), obj.feedforward_t, jnp.int32)
+            out = apply(variables, jnp.zeros((B, H, W, 1), jnp.float32), t, images)
+            members = jax.nn.sigmoid(out["out"][..., :1].astype(jnp.float32))[:, None]
+        else:
+            use_image = obj.mode == "diffusion"
+
+            def model_fn(x, t, cond):
+                return apply(variables, x, t, cond if use_image else None)["out"]
+
+            kwargs: dict[str, Any] = {
+                "prediction": obj.prediction,
+                "variance": obj.variance,
+                "clip_x0": options.clip_x0,
+                "clip_range": (low, high),
+                "timesteps": options.sampling_steps or None,
+            }
+            if options.sampler == "ddim":
+                kwargs["eta"] = options.eta
+            samples = diffusion.ensemble_sample(
+                model_fn,
+                schedule,
+                images,
+                options.ensemble_size,
+                key,
+                sample_shape=(H, W, 1),
+                sampler=options.sampler,
+                **kwargs,
+            )
+            members = diffusion.decode_mask(samples, obj.encoding, clip=True)
+        return {"members": members, "mean": jnp.mean(members, axis=1)}
+
+    if mesh is None:
+        return jax.jit(predict)
+    rep, batch = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+    return jax.jit(predict, in_shardings=(rep, batch, rep), out_shardings=batch)
+
+
+# Feed-forward test-time ensembles (`config.eval.ff_ensemble`).
+FF_ENSEMBLES = ("none", "flip", "dropout")
+
+
+def _dihedral(x: jax.Array, k: int, inverse: bool = False) -> jax.Array:
+    """Transform k of the 8 symmetries of the square on (B, H, W, C) (rot90 k % 4, then flip)."""
+    rot, flip = k % 4, k >= 4
+    if not inverse:
+        x = jnp.rot90(x, rot, axes=(1, 2))
+        return jnp.flip(x, axis=2) if flip else x
+    x = jnp.flip(x, axis=2) if flip else x
+    return jnp.rot90(x, -rot, axes=(1, 2))
+
+
+def _flip_ensemble(predict: Predictor, size: int, square: bool) -> Predictor:
+    """Test-time augmentation: predict each transformed image, map the masks back, stack."""
+    transforms = list(range(8)) if square else [0, 4]
+    if not 1 <= size <= len(transforms):
+        raise ValueError(
+            f"config.eval.ff_ensemble_size={size} must be in [1, {len(transforms)}] for flip "
+            f"test-time augmentation ({'square' if square else 'non-square'} images)"
+        )
+
+    def run(variables: Any, images: jax.Array, key: jax.Array) -> dict[str, jax.Array]:
+        members = []
+        for k in transforms[:size]:
+            out = predict(variables, _dihedral(images, k), key)["members"]  # (B, 1, H, W, 1)
+            members.append(_dihedral(out[:, 0], k, inverse=True)[:, None])
+        stacked = jnp.concatenate(members, axis=1)
+        return {"members": stacked, "mean": jnp.mean(stacked, axis=1)}
+
+    return jax.jit(run)
+
+
+def _dropout_ensemble(
+    config: Any, model: Any, size: int, mesh: Any
+) -> Predictor:
+    """MC dropout: `size` feed-forward passes with dropout on, each with its own rng."""
+    obj = objectives.from_config(config)
+
+    def run(variables: Any, images: jax.Array, key: jax.Array) -> dict[str, jax.Array]:
+        images = images.astype(jnp.float32)
+        B, H, W, _ = images.shape
+        x_t = jnp.zeros((B, H, W, 1), jnp.float32)
+        t = objectives.model_timesteps(obj, jnp.full((B,), obj.feedforward_t, jnp.int32))
+
+        def one(k: jax.Array) -> jax.Array:
+            out = model.apply(variables, x_t, t, images, train=True, rngs={"dropout": k})
+            return jax.nn.sigmoid(out["out"][..., :1].astype(jnp.float32))
+
+        members = jax.vmap(one, out_axes=1)(jax.random.split(key, size))
+        return {"members": members, "mean": jnp.mean(members, axis=1)}
+
+    rep, batch = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+    return jax.jit(run, in_shardings=(rep, batch, rep), out_shardings=batch)
+
+
+def make_eval_predictor(
+    config: Any,
+    model: Any,
+    variables: Mapping[str, Any],
+    image_shape: tuple[int, ...],
+    mesh: Any,
+) -> tuple[Predictor, dict[str, Any]]:
+    """The jitted `predict(variables, images, key)` for this run and a description of it."""
+    e = config.eval
+    mode = config.model.mode
+    if mode != "feedforward":
+        options = options_from_config(config)
+        kind = "diffusion_ensemble" if mode == "diffusion" else "mask_only_ensemble"
+        described = {"kind": kind, "ensemble_size": options.ensemble_size,
+                     "sampler": options.sampler, "sampling_steps": options.sampling_steps,
+                     "eta": options.eta if options.sampler == "ddim" else None,
+                     "clip_x0": options.clip_x0,
+                     "num_timesteps": int(config.diffusion.num_timesteps)}
+        return make_predictor(config, model, options, mesh=mesh), described
+    size = int(e.ff_ensemble_size)
+    if e.ff_ensemble == "none":
+        options = options_from_config(config)
+        return make_predictor(config, model, options, mesh=mesh), {"kind": "sigmoid"}
+    if e.ff_ensemble == "flip":
+        base = make_predictor(
+            config, model, options_from_config(config), mesh=mesh
+        )
+        square = image_shape[0] == image_shape[1]
+        return _flip_ensemble(base, size, square), {"kind": "flip_tta", "ensemble_size": size}
+    if "batch_stats" in variables:
+        raise ValueError(
+            "config.eval.ff_ensemble='dropout' needs a model without BatchNorm: dropout at test "
+            f"time would also switch {config.model.arch}'s BatchNorm to batch statistics"
+        )
+    if float(config.model.dropout) <= 0.0:
+        raise ValueError(
+            "config.eval.ff_ensemble='dropout' needs a model trained with dropout; "
+            f"config.model.dropout={config.model.dropout}"
+        )
+    if size < 1:
+        raise ValueError(f"config.eval.ff_ensemble_size={size} must be >= 1")
+    return _dropout_ensemble(config, model, size, mesh), {"kind": "mc_dropout",
+                                                          "ensemble_size": size}

@@ -1,0 +1,1 @@
+"""The study driver and sweeps."""

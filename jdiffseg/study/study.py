@@ -1,0 +1,189 @@
+"""The study end to end: E1–E4 per architecture and dataset, evaluation, the timestep analysis,
+adapted-diffusion runs, the results table and the fingerprint figure.
+
+Every stage leaves its outputs in its own workdir under `Plan.out_dir` and is skipped when they
+are already there, so an interrupted study picks up where it stopped. `jdiffseg demo` and
+`experiments/run_study.py` are thin front ends over `run_study`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+from jdiffseg.analysis import analyze, fingerprint, plots
+from jdiffseg.analysis import results as analysis_results
+from jdiffseg.config import parsing, recipes, schema
+from jdiffseg.evaluation import evaluate, report
+from jdiffseg.runtime import run_dir
+from jdiffseg.training import train
+
+EXPERIMENTS = ("E1", "E2", "E3", "E4", "baseline", "adapted")
+MODE_OF = {"E1": "feedforward", "E2": "diffusion", "E3": "mask_only", "E4": "image_generation"}
+SYNTHETIC_VARIANTS = ("lesion", "nuclei", "tissue")
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What to run. `datasets` names synthetic flavours or real datasets (isic2016, ...)."""
+
+    out_dir: str
+    datasets: tuple[str, ...] = SYNTHETIC_VARIANTS
+    archs: tuple[str, ...] = ("ensemdiff", "segdiff", "medsegdiff")
+    experiments: tuple[str, ...] = EXPERIMENTS
+    preset: str = "tiny"
+    adapt_method: str = "weights"
+    overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    eval_overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    analysis_overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.experiments) - set(EXPERIMENTS))
+        if unknown:
+            raise ValueError(f"unknown experiments {unknown}; choose from {EXPERIMENTS}")
+        if "adapted" in self.experiments and not {"E2", "E3"} <= set(self.experiments):
+            raise ValueError("the adapted runs need E2 and E3 (their fingerprint) in the plan")
+
+
+def dataset_arg(dataset: str) -> str:
+    """The config-file argument selecting `dataset` (a synthetic flavour or a real dataset)."""
+    if dataset in SYNTHETIC_VARIANTS:
+        return f"dataset=synthetic,variant={dataset}"
+    return f"dataset={dataset}"
+
+
+def run_config(plan: Plan, arch: str, dataset: str, mode: str) -> ml_collections.ConfigDict:
+    """The config of one run: the architecture's file, the plan's preset and overrides."""
+    mode_arg = "" if arch in recipes.FEEDFORWARD_ONLY else f",mode={mode}"
+    arg = f"{dataset_arg(dataset)},preset={plan.preset}{mode_arg}"
+    config = recipes.get_config(arch, arg)
+    config.lock()
+    parsing.update(config, plan.overrides)
+    return config
+
+
+def _done(path: Path) -> bool:
+    return path.is_file()
+
+
+def _train(config: ml_collections.ConfigDict, workdir: Path, log: Callable[[str], None]) -> None:
+
+    if run_dir.is_finished(str(workdir)):
+        log(f"  {workdir.name}: trained")
+        return
+    log(f"  {workdir.name}: training {config.train.steps} steps")
+    start = time.perf_counter()
+    train.train_and_evaluate(config, str(workdir))
+    log(f"  {workdir.name}: trained in {time.perf_counter() - start:.0f} s")
+
+
+def _evaluate(plan: Plan, workdir: Path, log: Callable[[str], None]) -> None:
+
+    if _done(workdir / "eval" / "metrics.json"):
+        return
+    log(f"  {workdir.name}: evaluating")
+    evaluate.evaluate(workdir, dict(plan.eval_overrides))
+
+
+def _analyze(
+    plan: Plan, e2: Path, e3: Path | None, e4: Path | None, log: Callable[[str], None]
+) -> dict[str, Any]:
+
+    if _done(e2 / analysis_results.ANALYSIS_DIR / "timesteps.json"):
+        return analysis_results.load_results(str(e2))
+    log(f"  {e2.name}: timestep analysis")
+    config = run_dir.read_config(e2)
+    parsing.update(config, plan.analysis_overrides)
+    result = analyze.analyze(
+        str(e2),
+        config=config,
+        mask_only_workdir=str(e3) if e3 else None,
+        image_generation_workdir=str(e4) if e4 else None,
+        log=log,
+    )
+    fingerprint.write_adapted(result, config, str(e2 / analysis_results.ANALYSIS_DIR))
+    return result
+
+
+def _adapted_overrides(plan: Plan, e2: Path) -> dict[str, Any]:
+
+    table_path = e2 / analysis_results.ANALYSIS_DIR / "adapted_config.json"
+    table = json.loads(table_path.read_text())
+    overrides = table["methods"].get(plan.adapt_method, {})
+    if "error" in overrides or not overrides:
+        raise ValueError(
+            f"{table_path}: no adapted overrides for method {plan.adapt_method!r}: "
+            f"{overrides.get('error', 'missing')}"
+        )
+    return overrides
+
+
+def run_study(plan: Plan, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Runs the plan; returns the results table rows and the paths of the figures written."""
+
+    out = Path(plan.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    wanted = set(plan.experiments)
+    fingerprints: dict[str, dict[str, Any]] = {}
+    for dataset in plan.datasets:
+        for arch in plan.archs:
+            log(f"{arch} on {dataset}")
+            dirs: dict[str, Path] = {}
+            for exp in ("E2", "E3", "E4", "E1"):
+                if exp not in wanted:
+                    continue
+                dirs[exp] = out / dataset / f"{arch}_{exp}_{MODE_OF[exp]}"
+                _train(run_config(plan, arch, dataset, MODE_OF[exp]), dirs[exp], log)
+                if exp in ("E1", "E2"):
+                    _evaluate(plan, dirs[exp], log)
+            if "E2" in dirs:
+                result = _analyze(plan, dirs["E2"], dirs.get("E3"), dirs.get("E4"), log)
+                fingerprints[f"{arch}/{dataset}"] = result
+                log("  " + fingerprint.format_summary(result["fingerprint"]).replace("\n", "\n  "))
+            if "adapted" in wanted:
+                config = run_config(plan, arch, dataset, "diffusion")
+                parsing.update(config, _adapted_overrides(plan, dirs["E2"]))
+                adapted = out / dataset / f"{arch}_E2_adapted_{plan.adapt_method}"
+                _train(config, adapted, log)
+                _evaluate(plan, adapted, log)
+        if "baseline" in wanted:
+            log(f"nnunet baseline on {dataset}")
+            baseline = out / dataset / "nnunet_E1_feedforward"
+            _train(run_config(plan, "nnunet", dataset, "feedforward"), baseline, log)
+            _evaluate(plan, baseline, log)
+
+    outputs: dict[str, Any] = {"out_dir": str(out)}
+    if {"E1", "E2", "baseline", "adapted"} & wanted:
+        outputs["report"] = report.report([out], output=out / "results")
+    if fingerprints:
+        labels = list(fingerprints)
+        options = fingerprint.options_from_config(schema.base_config().analysis)
+        outputs["fingerprints"] = plots.plot_compare(
+            list(fingerprints.values()),
+            labels,
+            str(out / "fingerprints.png"),
+            metric=options["metric"],
+            reference=options["reference"],
+        )
+        outputs["analysis_dirs"] = [
+            str(Path(r.get("workdir", "")) / analysis_results.ANALYSIS_DIR)
+            for r in fingerprints.values()
+        ]
+    (out / "study.json").write_text(json.dumps(_jsonable(outputs), indent=2))
+    return outputs
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, Mapping):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, Sequence) and not isinstance(x, str):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (int, float, bool, str)) or x is None:
+        return x
+    return str(x)

@@ -1,0 +1,1 @@
+"""Training: the train loop and its validation, the optimiser."""

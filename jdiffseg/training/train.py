@@ -1,0 +1,346 @@
+"""`train_and_evaluate(config, workdir)`: trains any architecture in any mode, resumable.
+
+    jdiffseg train --config=configs/default.py --workdir=runs/default
+
+Sections follow the order of a run: mesh, input, model, update step, resume, loop. One jitted
+step over a device mesh (batch split over 'data', state replicated or FSDP-sharded, state
+buffers donated); a thread puts the next batches on the devices ahead of the step
+(`config.data.prefetch`). Randomness is `fold_in(PRNGKey(seed), step)` and the data order is
+the saved grain iterator state (of the last batch used, not of the read-ahead), so a run killed
+at any moment and restarted ends with the same params as an uninterrupted one. SIGTERM saves a
+checkpoint and exits; a non-finite loss stops the run naming the step and leaves the last good
+checkpoint untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+
+from jdiffseg import diffusion
+from jdiffseg.data import pipeline, prefetch
+from jdiffseg.diffusion import objectives, timesteps
+from jdiffseg.models import build_model, modes
+from jdiffseg.runtime import checkpoint, run_dir, runlog, sharding
+from jdiffseg.training import optim, validation
+
+# fold_in tags of the root key: one stream per purpose (validation's is validation.VAL_STREAM).
+INIT_STREAM, TRAIN_STREAM = 0, 1
+# A preempted run exits with 128 + SIGTERM, as if the signal had ended it (schedulers requeue).
+PREEMPTED_EXIT = 128 + signal.SIGTERM
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss or the gradient norm became NaN/Inf; the run stops without saving."""
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a resumed run needs besides the data position."""
+
+    step: jax.Array  # int32 (): optimiser steps taken
+    params: Any
+    batch_stats: Any  # BatchNorm statistics ({} for models without BatchNorm)
+    opt_state: Any
+    ema_params: Any
+    timesteps: timesteps.TimestepState
+    nonfinite_step: jax.Array  # int32 (): first step with a NaN/Inf loss, -1 if none
+
+
+# ------------------------------------------------------------------------------------ model
+
+
+def init_train_state(
+    config: Any, model: Any, tx: optax.GradientTransformation, image_shape: tuple[int, ...]
+) -> Callable[[jax.Array], TrainState]:
+    """A function key -> fresh TrainState (jit it with out_shardings to init in place)."""
+    obj = objectives.from_config(config)
+    sampler = timesteps.from_config(config.diffusion)
+
+    def init(key: jax.Array) -> TrainState:
+        params_key, dropout_key = jax.random.split(key)
+        x_t, t, image = modes.init_inputs(obj.mode, image_shape)
+        t = objectives.model_timesteps(obj, t)
+        variables = model.init(
+            {"params": params_key, "dropout": dropout_key}, x_t, t, image, train=False
+        )
+        params = variables["params"]
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            batch_stats=variables.get("batch_stats", {}),
+            opt_state=tx.init(params),
+            ema_params=jax.tree.map(lambda p: p.astype(jnp.float32), params),
+            timesteps=timesteps.init_state(sampler),
+            nonfinite_step=jnp.full((), -1, jnp.int32),
+        )
+
+    return init
+
+
+# ------------------------------------------------------------------------------ update step
+
+
+def make_train_step(
+    config: Any, model: Any, tx: optax.GradientTransformation
+) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
+    """The (unjitted) update: gradients over `grad_accum` micro-batches, AdamW, EMA,
+    importance-sampler history, NaN bookkeeping. Returns the new state and scalar metrics."""
+    obj = objectives.from_config(config)
+    schedule = diffusion.from_config(config.diffusion)
+    sampler = timesteps.from_config(config.diffusion)
+    loss_fn = objectives.make_loss_fn(obj, model, schedule, sampler)
+    accum = int(config.train.grad_accum)
+    ema_decay = float(config.train.ema_decay)
+    lr_fn = optim.learning_rate_schedule(config.train)
+    train_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), TRAIN_STREAM)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def step_fn(state: TrainState, batch: dict[str, jax.Array]):
+        key = jax.random.fold_in(train_key, state.step)
+        if accum == 1:
+            (_, aux), grads = grad_fn(
+                state.params, state.batch_stats, batch, key, state.timesteps
+            )
+            batch_stats, scalars = aux["batch_stats"], aux["metrics"]
+            t, per_example = aux["t"], aux["per_example"]
+        else:
+            micro = jax.tree.map(
+                lambda x: jnp.swapaxes(x.reshape(x.shape[0] // accum, accum, *x.shape[1:]), 0, 1),
+                batch,
+            )
+
+            def body(carry, inputs):
+                grads_sum, stats = carry
+                i, mb = inputs
+                (_, aux), g = grad_fn(
+                    state.params, stats, mb, jax.random.fold_in(key, i), state.timesteps
+                )
+                grads_sum = jax.tree.map(jnp.add, grads_sum, g)
+                outputs = (aux["metrics"], aux["t"], aux["per_example"])
+                return (grads_sum, aux["batch_stats"]), outputs
+
+            zeros = jax.tree.map(jnp.zeros_like, state.params)
+            (grads, batch_stats), (scalars, t, per_example) = jax.lax.scan(
+                body, (zeros, state.batch_stats), (jnp.arange(accum), micro)
+            )
+            grads = jax.tree.map(lambda g: g / accum, grads)
+            scalars = jax.tree.map(jnp.mean, scalars)
+            t, per_example = t.reshape(-1), per_example.reshape(-1)
+
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(scalars["loss"]) & jnp.isfinite(grad_norm)
+        first_bad = jnp.where(
+            (state.nonfinite_step < 0) & ~finite, state.step + 1, state.nonfinite_step
+        )
+        new_state = TrainState(
+            step=state.step + 1,
+            params=params,
+            batch_stats=batch_stats,
+            opt_state=opt_state,
+            ema_params=optim.ema_update(
+                state.ema_params,
+                params,
+                optim.ema_decay_at(state.step, ema_decay, bool(config.train.ema_warmup)),
+            ),
+            timesteps=timesteps.update(sampler, state.timesteps, t, per_example),
+            nonfinite_step=first_bad,
+        )
+        scalars = {**scalars, "grad_norm": grad_norm, "lr": lr_fn(state.step)}
+        return new_state, scalars
+
+    return step_fn
+
+
+def jit_train_step(step_fn: Callable, state_shardings: Any, mesh: Mesh) -> Callable:
+    """`step_fn` jitted over `mesh` with the state donated."""
+    return jax.jit(
+        step_fn,
+        in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+        out_shardings=(state_shardings, sharding.replicated(mesh)),
+        donate_argnums=(0,),
+    )
+
+
+# --------------------------------------------------------------------------------- helpers
+
+
+@contextlib.contextmanager
+def _sigterm_flag() -> Iterator[dict[str, bool]]:
+    """A flag set by SIGTERM while training (main thread of a single process only)."""
+    flag = {"set": False}
+    if jax.process_count() > 1 or not _in_main_thread():
+        yield flag
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        flag["set"] = True
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _preempted(flag: dict[str, bool], step: int) -> bool:
+    if jax.process_count() > 1:
+        return multihost_utils.reached_preemption_sync_point(step)
+    return flag["set"]
+
+
+# ------------------------------------------------------------------------------------ main
+
+
+def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
+    """Trains (or resumes) the run in `workdir`; returns the last validation metrics."""
+    # ---- mesh
+    sharding.maybe_initialize_distributed(config.train)
+    mesh = sharding.make_mesh()
+    os.makedirs(workdir, exist_ok=True)
+    run_dir.check_resume_config(workdir, config)
+    run_dir.write_config(workdir, config)
+    total_steps = int(config.train.steps)
+    accum = int(config.train.grad_accum)
+    local_batch = sharding.check_batch_size(
+        config.data.batch_size, mesh, "config.data.batch_size"
+    )
+    if accum < 1 or config.data.batch_size % (accum * mesh.devices.size):
+        raise ValueError(
+            f"config.data.batch_size={config.data.batch_size} must be divisible by "
+            f"config.train.grad_accum={accum} x {mesh.devices.size} devices"
+        )
+
+    # ---- input
+    shard = (jax.process_index(), jax.process_count())
+    train_loader = pipeline.make_loader(config, "train", train=True, seed=config.seed, shard=shard)
+    train_iter = iter(train_loader)
+    val_batches = validation.load_validation(config, mesh)
+    image_shape = (local_batch * jax.process_count(), *val_batches[0]["image"].shape[1:])
+
+    # ---- model
+    image_channels = image_shape[-1]
+    model = build_model(config.model, image_channels=image_channels, mask_channels=1)
+    tx = optim.make_optimizer(config.train)
+    init_fn = init_train_state(config, model, tx, image_shape)
+    abstract = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
+    state_sh = sharding.state_shardings(abstract, mesh, fsdp=bool(config.train.fsdp))
+    init_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), INIT_STREAM)
+    state = jax.jit(init_fn, out_shardings=state_sh)(init_key)
+
+    # ---- update step
+    train_step = jit_train_step(make_train_step(config, model, tx), state_sh, mesh)
+    validate = validation.make_validator(config, model, mesh)
+
+    # ---- resume
+    best_name = run_dir.best_metric_name(config)
+    ckpt = checkpoint.Checkpointer(
+        workdir, keep=int(config.train.keep_checkpoints), best_metric=best_name
+    )
+    if ckpt.latest_step() is not None:
+        target = jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sh
+        )
+        try:
+            state, _ = ckpt.restore("latest", target, data_iterator=train_iter)
+        except ValueError as e:
+            raise ValueError(
+                f"the checkpoint in {ckpt.directory} does not fit this config's train state "
+                f"(did config.train change the optimiser, e.g. grad_clip?): {e}"
+            ) from e
+    step = int(state.step)
+    writer = runlog.MetricWriter(workdir, resume_step=step)
+    if step:
+        print(f"resuming {workdir} at step {step}", file=sys.stderr)
+
+    # ---- loop
+    progress = runlog.Progress(total_steps, step, config.data.batch_size)
+    log_every = max(int(config.train.log_every), 1)
+    eval_every = int(config.train.eval_every)
+    ckpt_every = int(config.train.checkpoint_every)
+    last_val: dict[str, float] = {}
+    pending: list[dict[str, jax.Array]] = []
+    t_last = time.perf_counter()
+
+    def check_finite() -> None:
+        bad = int(sharding.fetch(state.nonfinite_step))
+        if bad >= 0:
+            ckpt.close()
+            progress.close()
+            last = ckpt.latest_step()
+            where = f"step {last} in {ckpt.directory}" if last is not None else "none saved"
+            raise NonFiniteLossError(
+                f"non-finite loss or gradient at step {bad} (config.train.lr="
+                f"{config.train.lr}); stopped without saving. Last good checkpoint: {where}"
+            )
+
+    # From here on only the prefetcher reads the loader; its state is that of the last batch used.
+    train_iter = prefetch.DevicePrefetcher(
+        train_iter,
+        lambda b: pipeline.to_global({"image": b["image"], "mask": b["mask"]}, mesh),
+        int(config.data.prefetch),
+    )
+    try:
+        with _sigterm_flag() as sigterm:
+            while step < total_steps:
+                if _preempted(sigterm, step):
+                    check_finite()
+                    ckpt.save(step, state, train_iter)
+                    ckpt.close()
+                    progress.write(f"SIGTERM: saved a checkpoint at step {step}; exiting")
+                    sys.exit(PREEMPTED_EXIT)
+                state, scalars = train_step(state, next(train_iter))
+                pending.append(scalars)
+                step += 1
+                progress.update(step)
+                if step % log_every == 0 or step == total_steps:
+                    logged = sharding.fetch(pending)  # the loop's one device-to-host sync
+                    means = {k: float(np.mean([p[k] for p in logged])) for k in logged[0]}
+                    pending = []
+                    check_finite()
+                    now = time.perf_counter()
+                    rate = log_every * config.data.batch_size / max(now - t_last, 1e-9)
+                    t_last = now
+                    progress.update(step, means["loss"])
+                    writer.write(step, **means, images_per_sec=rate)
+                val = {}
+                if (eval_every > 0 and step % eval_every == 0) or step == total_steps:
+                    check_finite()
+                    val = validate(state, val_batches)
+                    last_val = val
+                    writer.write(step, **val)
+                    progress.write(
+                        f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in val.items())
+                    )
+                if (ckpt_every > 0 and step % ckpt_every == 0) or val or step == total_steps:
+                    check_finite()
+                    ckpt.save(step, state, train_iter, metrics=val or None)
+            if not last_val and ckpt.latest_step() is not None:
+                last_val = ckpt.metrics(ckpt.latest_step())
+    finally:
+        train_iter.close()
+        progress.close()
+    ckpt.close()
+    run_dir.write_finished(workdir, {"step": step, **last_val})
+    return last_val

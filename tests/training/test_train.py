@@ -1,0 +1,128 @@
+"""The training loop end to end on a 16 px synthetic set: logs, checkpoints, resume, NaN stop."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from train_support import tiny_config
+
+from jdiffseg.config import parsing
+from jdiffseg.runtime import checkpoint, runlog
+from jdiffseg.training import train
+
+
+def _params(workdir: Path, which="latest") -> dict:
+    variables, meta = checkpoint.load_variables(str(workdir), which, use_ema=False)
+    return jax.tree.map(np.asarray, variables["params"]), meta
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, object, dict]:
+    root = tmp_path_factory.mktemp("train")
+    config = tiny_config(root / "data")
+    workdir = root / "run"
+    result = train.train_and_evaluate(config, str(workdir))
+    return workdir, config, result
+
+
+def test_run_writes_config_metrics_and_checkpoints(trained):
+    workdir, config, result = trained
+    saved = parsing.from_json((workdir / "config.json").read_text())
+    assert saved.to_dict() == parsing.from_json(parsing.to_json(config)).to_dict()
+    records = runlog.read_metrics(str(workdir))
+    steps = [r["step"] for r in records if "loss" in r]
+    assert steps == [1, 2, 3, 4]
+    assert all(np.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in records if "loss" in r)
+    assert all("images_per_sec" in r and "lr" in r for r in records if "loss" in r)
+    val = [r for r in records if "val_dice" in r]
+    assert [r["step"] for r in val] == [2, 4]
+    for key in ("val_dice", "val_iou", "val_ece_top_label", "val_loss"):
+        assert 0.0 <= val[-1][key] < 10.0
+    assert result["val_dice"] == pytest.approx(val[-1]["val_dice"])
+    ckpt = checkpoint.Checkpointer(str(workdir), keep=2, best_metric="val_dice", read_only=True)
+    assert ckpt.all_steps() == [2, 4]
+    ckpt.close()
+    assert json.loads((workdir / "finished.json").read_text())["step"] == 4
+
+
+def test_resume_reproduces_the_uninterrupted_run(trained, tmp_path):
+    workdir, config, _ = trained
+    final, _ = _params(workdir)
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy)
+    shutil.rmtree(copy / "checkpoints" / "4")  # as if the run had died after step 2
+    (copy / "finished.json").unlink()
+    train.train_and_evaluate(config, str(copy))
+    resumed, meta = _params(copy)
+    assert meta["step"] == 4
+    jax.tree.map(np.testing.assert_array_equal, resumed, final)  # bit-exact
+    steps = [r["step"] for r in runlog.read_metrics(str(copy)) if "loss" in r]
+    assert steps == [1, 2, 3, 4]  # the re-run steps are logged once
+
+
+def test_finished_run_is_not_retrained(trained):
+    workdir, config, result = trained
+    before, _ = _params(workdir)
+    again = train.train_and_evaluate(config, str(workdir))
+    after, _ = _params(workdir)
+    jax.tree.map(np.testing.assert_array_equal, after, before)
+    assert again == pytest.approx(result)
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_last_checkpoint(trained, tmp_path):
+    workdir, config, _ = trained
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy)
+    good, _ = _params(copy)
+    config = parsing.from_json(parsing.to_json(config))
+    with config.unlocked():
+        config.train.steps, config.train.lr = 8, 1e30
+        config.train.warmup_steps, config.train.lr_schedule = 0, "constant"
+    expected = r"at step [56].*Last good checkpoint: step 4"
+    with pytest.raises(train.NonFiniteLossError, match=expected):
+        train.train_and_evaluate(config, str(copy))
+    kept, meta = _params(copy)
+    assert meta["step"] == 4
+    jax.tree.map(np.testing.assert_array_equal, kept, good)
+
+
+def test_changed_model_config_refuses_to_resume(trained):
+    workdir, config, _ = trained
+    config = parsing.from_json(parsing.to_json(config))
+    with config.unlocked():
+        config.model.base_channels = 64
+    with pytest.raises(ValueError, match=r"different config.model \(keys \['base_channels'\]\)"):
+        train.train_and_evaluate(config, str(workdir))
+
+
+@pytest.mark.parametrize("arch", ["ensemdiff", "segdiff", "medsegdiff", "nnunet"])
+def test_arch_configs_give_a_train_step_for_every_mode(arch):
+    import importlib.util
+
+    import jax.numpy as jnp
+
+    from jdiffseg.models import build_model
+    from jdiffseg.training import optim
+
+    path = Path(__file__).resolve().parents[2] / "configs" / f"{arch}.py"
+    spec = importlib.util.spec_from_file_location(arch, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    modes = ["feedforward"] if arch == "nnunet" else [
+        "diffusion", "feedforward", "mask_only", "image_generation"]
+    batch = {"image": jax.ShapeDtypeStruct((2, 16, 16, 3), jnp.float32),
+             "mask": jax.ShapeDtypeStruct((2, 16, 16, 1), jnp.float32)}
+    for mode in modes:
+        config = module.get_config(f"mode={mode},dataset=monuseg")
+        assert config.model.arch == arch and config.data.name == "monuseg"
+        model = build_model(config.model, image_channels=3)
+        tx = optim.make_optimizer(config.train)
+        abstract = jax.eval_shape(train.init_train_state(config, model, tx, (2, 16, 16, 3)),
+                                  jax.random.key(0))
+        _, scalars = jax.eval_shape(train.make_train_step(config, model, tx), abstract, batch)
+        assert "loss" in scalars and "grad_norm" in scalars
