@@ -279,10 +279,7 @@ def make_predict(
     if mode != "feedforward":
         options = inference.options_from_config(config)
         kind = "diffusion_ensemble" if mode == "diffusion" else "mask_only_ensemble"
-        described = {"kind": kind, "ensemble_size": options.ensemble_size,
-                     "sampler": options.sampler, "sampling_steps": options.sampling_steps,
-                     "eta": options.eta if options.sampler == "ddim" else None,
-                     "clip_x0": options.clip_x0,
+        described = {"kind": kind, **options.describe(),
                      "num_timesteps": int(config.diffusion.num_timesteps)}
         return inference.make_predictor(config, model, options, mesh=mesh), described
     size = int(e.ff_ensemble_size)
