@@ -18,6 +18,7 @@ Prints a table, names the cheapest setting within 0.01 Dice of full-chain DDPM a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from collections.abc import Sequence
@@ -199,9 +200,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     rows, reference = [], None
     for label, options in plan:
-        options = predictors.SamplingOptions(
-            **{**options.__dict__, "ensemble_size": args.ensemble_size, "clip_x0": clip}
-        )
+        options = dataclasses.replace(options, ensemble_size=args.ensemble_size, clip_x0=clip)
         row, members = evaluate_setting(config, model, params, batches, mesh, options, reference)
         reference = members if reference is None else reference
         rows.append({"setting": label, **row})
