@@ -35,7 +35,7 @@ def solver_timesteps(s: Schedule, steps: int, spacing: str = "logsnr") -> np.nda
 
     'logsnr': uniform in λ; 'time_uniform': uniform in t; 'time_quadratic': uniform in √(t+1)
     (denser near the data). Values are rounded to the schedule's integer timesteps; where
-    rounding makes two equal, the later one moves to the next free timestep.
+    rounding makes two equal, the noisier one moves up to the next free timestep.
     """
     T = s.num_timesteps
     if spacing not in SPACINGS:
