@@ -113,9 +113,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.checkpoint = "best"  # best | latest
     c.eval.use_ema = True
     c.eval.ensemble_size = 5
-    c.eval.sampler = "ddim"  # ddpm | ddim
-    c.eval.sampling_steps = 25  # respaced steps; 0 = the full chain
-    c.eval.eta = 0.0
+    c.eval.sampler = "ddim"  # ddpm | ddim | dpmpp_2m | dpmpp_3m (DPM-Solver++)
+    c.eval.sampling_steps = 25  # DDIM's respaced or DPM-Solver++'s steps; 0 = the full chain
+    c.eval.eta = 0.0  # DDIM: 0 deterministic, 1 DDPM's marginals
+    c.eval.dpm_spacing = "logsnr"  # DPM-Solver++ time grid: logsnr | time_uniform | time_quadratic
+    c.eval.dpm_lower_order_final = True  # DPM-Solver++: lower the order over the last steps
     c.eval.fusion = "mean"  # mean | majority | staple
     c.eval.threshold = 0.5
     c.eval.num_bins = 10

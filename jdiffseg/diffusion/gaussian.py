@@ -8,6 +8,8 @@ All functions are pure jnp and take the `Schedule` first; `t` is an int32 array 
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -15,6 +17,12 @@ from jdiffseg.diffusion.schedules import Schedule
 
 PREDICTIONS = ("eps", "x0", "v")
 VARIANCES = ("fixed_small", "fixed_large", "learned_range")
+
+
+def standard_normal(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """N(0, I) noise drawn flat and reshaped: the same law as an N-d draw, but XLA compiles
+    the flat threefry draw about twice as fast on CPU."""
+    return jax.random.normal(key, (math.prod(shape),), jnp.float32).reshape(shape)
 
 
 def broadcast_like(v: jax.Array, x: jax.Array) -> jax.Array:

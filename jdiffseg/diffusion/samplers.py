@@ -1,4 +1,5 @@
-"""Ancestral DDPM and DDIM samplers written as one `lax.scan` over the (respaced) chain.
+"""Ancestral DDPM and DDIM samplers written as one `lax.scan` over the (respaced) chain, and
+`ensemble_sample`, which runs any of them (or DPM-Solver++, `dpm_solver.py`) for n members.
 
 `model_fn(x_t, t)` returns the raw model output (ε / x0 / v, plus variance channels for
 'learned_range'); it is called with the *original* timesteps (`schedule.timestep_map`), so a
@@ -9,19 +10,18 @@ model parameters and the static options.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from jdiffseg.diffusion import gaussian
+from jdiffseg.diffusion import dpm_solver, gaussian
 from jdiffseg.diffusion.schedules import Schedule, respace, space_timesteps
 
 ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
 StepFn = Callable[[Schedule, dict[str, jax.Array], jax.Array, jax.Array, jax.Array], jax.Array]
-SAMPLERS = ("ddpm", "ddim")
+SAMPLERS = ("ddpm", "ddim", *dpm_solver.SOLVERS)
 
 
 def ddpm_sample(
@@ -111,7 +111,8 @@ def ensemble_sample(
 
     `cond` is a pytree of arrays with leading batch axis B (e.g. the images); each example is
     repeated n times along the batch, so `model_fn(x_t, t, cond)` runs on B·n examples per
-    step. `sampler` is 'ddpm' or 'ddim'; other keyword arguments go to that sampler.
+    step. `sampler` is one of SAMPLERS ('dpmpp_2m' / 'dpmpp_3m': `dpm_solver_sample` of order
+    2 / 3); other keyword arguments go to that sampler.
     Trajectory arrays, when asked for, come back as (steps, B, n, ...).
     """
     if sampler not in SAMPLERS:
@@ -121,7 +122,9 @@ def ensemble_sample(
         raise ValueError("ensemble_sample needs at least one conditioning array")
     batch = leaves[0].shape[0]
     repeated = jax.tree_util.tree_map(lambda a: jnp.repeat(a, n, axis=0), cond)
-    run = ddpm_sample if sampler == "ddpm" else ddim_sample
+    if sampler in dpm_solver.SOLVERS:
+        sampler_kwargs = {"order": dpm_solver.SOLVERS[sampler], **sampler_kwargs}
+    run = {"ddpm": ddpm_sample, "ddim": ddim_sample}.get(sampler, dpm_solver.dpm_solver_sample)
     result = run(
         lambda x, t: model_fn(x, t, repeated),
         s,
@@ -160,7 +163,7 @@ def _run_chain(
         s = respace(s, space_timesteps(s.num_timesteps, timesteps))
     shape = tuple(shape)
     init_key, steps_key = jax.random.split(key)
-    x = _standard_normal(init_key, shape) if noise is None else noise
+    x = gaussian.standard_normal(init_key, shape) if noise is None else noise
     if x.shape != shape:
         raise ValueError(f"noise has shape {x.shape} but the sample shape is {shape}")
     num_steps = s.num_timesteps
@@ -174,7 +177,7 @@ def _run_chain(
         t = jnp.full((shape[0],), i, dtype=jnp.int32)
         model_out = model_fn(x, s.timestep_map[t]).astype(jnp.float32)
         out = gaussian.p_mean_variance(s, model_out, x, t, **pmv_kwargs)
-        z = _standard_normal(step_key, shape) if stochastic else jnp.zeros(shape)
+        z = gaussian.standard_normal(step_key, shape) if stochastic else jnp.zeros(shape)
         x_prev = step(s, out, x, t, z)
         if not return_trajectory:
             return x_prev, None
@@ -184,9 +187,3 @@ def _run_chain(
     if return_trajectory:
         return x, trajectory
     return x
-
-
-def _standard_normal(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    """N(0, I) noise drawn flat and reshaped: the same law as an N-d draw, but XLA compiles
-    the flat threefry draw about twice as fast on CPU."""
-    return jax.random.normal(key, (math.prod(shape),), jnp.float32).reshape(shape)

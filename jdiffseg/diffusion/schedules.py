@@ -216,20 +216,28 @@ def respace(schedule: Schedule, kept_timesteps: Iterable[int]) -> Schedule:
     recomputed from consecutive kept ᾱ; `timestep_map` maps each new index to the original t.
     Needs concrete arrays (call it outside of jit).
     """
-    try:
-        betas32 = np.asarray(schedule.betas)
-        old_map = np.asarray(schedule.timestep_map)
-    except jax.errors.TracerArrayConversionError as e:
-        raise ValueError("respace needs a concrete schedule; call it outside jax.jit") from e
+    alphas_cumprod = concrete_alphas_cumprod(schedule, "respace")
+    old_map = np.asarray(schedule.timestep_map)
     kept = sorted({int(k) for k in kept_timesteps})
-    if len(kept) < 2 or kept[0] < 0 or kept[-1] >= len(betas32):
+    if len(kept) < 2 or kept[0] < 0 or kept[-1] >= len(alphas_cumprod):
         raise ValueError(
-            f"kept timesteps must be at least 2 distinct steps in [0, {len(betas32) - 1}], "
+            f"kept timesteps must be at least 2 distinct steps in [0, {len(alphas_cumprod) - 1}], "
             f"got {kept}"
         )
-    alphas_cumprod = np.cumprod(1.0 - betas32.astype(np.float64))
     new_betas = betas_from_alphas_cumprod(alphas_cumprod[kept])
     return schedule_from_betas(new_betas, old_map[kept], where="respaced betas")
+
+
+def concrete_alphas_cumprod(schedule: Schedule, caller: str) -> np.ndarray:
+    """ᾱ of `schedule` in float64, recomputed from its betas: 1 − ᾱ stays accurate near t = 0.
+
+    Needs concrete arrays; `caller` names the function in the error raised under jit.
+    """
+    try:
+        betas32 = np.asarray(schedule.betas)
+    except jax.errors.TracerArrayConversionError as e:
+        raise ValueError(f"{caller} needs a concrete schedule; call it outside jax.jit") from e
+    return np.cumprod(1.0 - betas32.astype(np.float64))
 
 
 def scale_timesteps(t: jax.Array, original_num_timesteps: int) -> jax.Array:

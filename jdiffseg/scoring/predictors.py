@@ -28,13 +28,16 @@ Predictor = Callable[[Any, jax.Array, jax.Array], dict[str, jax.Array]]
 
 @dataclasses.dataclass(frozen=True)
 class SamplingOptions:
-    """How masks are drawn: members per image, sampler, respaced steps (0: all T), DDIM eta."""
+    """How masks are drawn: members per image, sampler, its steps (0: all T), DDIM's eta and
+    DPM-Solver++'s time grid and lower-order final steps."""
 
     ensemble_size: int = 5
     sampler: str = "ddim"
     sampling_steps: int = 25
     eta: float = 0.0
     clip_x0: bool = True
+    dpm_spacing: str = "logsnr"
+    dpm_lower_order_final: bool = True
 
     def __post_init__(self) -> None:
         if self.ensemble_size < 1:
@@ -45,6 +48,32 @@ class SamplingOptions:
             raise ValueError(
                 f"sampling_steps must be >= 0 (0: the full chain), got {self.sampling_steps}"
             )
+        if self.dpm_spacing not in diffusion.SPACINGS:
+            raise ValueError(f"dpm_spacing {self.dpm_spacing!r} is not one of {diffusion.SPACINGS}")
+
+    def sampler_kwargs(self) -> dict[str, Any]:
+        """The chosen sampler's step options for `diffusion.ensemble_sample`."""
+        steps = self.sampling_steps or None
+        if self.sampler in diffusion.SOLVERS:
+            return {
+                "steps": steps,
+                "spacing": self.dpm_spacing,
+                "lower_order_final": self.dpm_lower_order_final,
+            }
+        return {"timesteps": steps, **({"eta": self.eta} if self.sampler == "ddim" else {})}
+
+    def describe(self) -> dict[str, Any]:
+        """The sampling settings as recorded with evaluation results."""
+        dpm = self.sampler in diffusion.SOLVERS
+        return {
+            "ensemble_size": self.ensemble_size,
+            "sampler": self.sampler,
+            "sampling_steps": self.sampling_steps,
+            "eta": self.eta if self.sampler == "ddim" else None,
+            "dpm_spacing": self.dpm_spacing if dpm else None,
+            "dpm_lower_order_final": self.dpm_lower_order_final if dpm else None,
+            "clip_x0": self.clip_x0,
+        }
 
 
 def options_from_config(config: Any, *, validation: bool = False) -> SamplingOptions:
@@ -56,6 +85,8 @@ def options_from_config(config: Any, *, validation: bool = False) -> SamplingOpt
         sampling_steps=int(e.val_sampling_steps if validation else e.sampling_steps),
         eta=float(e.eta),
         clip_x0=bool(config.diffusion.clip_x0),
+        dpm_spacing=str(e.dpm_spacing),
+        dpm_lower_order_final=bool(e.dpm_lower_order_final),
     )
 
 
@@ -102,10 +133,8 @@ def make_predictor(
                 "variance": obj.variance,
                 "clip_x0": options.clip_x0,
                 "clip_range": (low, high),
-                "timesteps": options.sampling_steps or None,
+                **options.sampler_kwargs(),
             }
-            if options.sampler == "ddim":
-                kwargs["eta"] = options.eta
             samples = diffusion.ensemble_sample(
                 model_fn,
                 schedule,
@@ -195,10 +224,7 @@ def make_eval_predictor(
     if mode != "feedforward":
         options = options_from_config(config)
         kind = "diffusion_ensemble" if mode == "diffusion" else "mask_only_ensemble"
-        described = {"kind": kind, "ensemble_size": options.ensemble_size,
-                     "sampler": options.sampler, "sampling_steps": options.sampling_steps,
-                     "eta": options.eta if options.sampler == "ddim" else None,
-                     "clip_x0": options.clip_x0,
+        described = {"kind": kind, **options.describe(),
                      "num_timesteps": int(config.diffusion.num_timesteps)}
         return make_predictor(config, model, options, mesh=mesh), described
     size = int(e.ff_ensemble_size)

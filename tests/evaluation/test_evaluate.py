@@ -17,11 +17,11 @@ import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
+from run_support import write_run
 
 from jdiffseg.cli import evaluate as cli_evaluate
 from jdiffseg.config import parsing, schema
 from jdiffseg.evaluation import evaluate, scores
-from jdiffseg.models import build_model
 from jdiffseg.runtime import checkpoint, run_dir, variables
 from jdiffseg.scoring import predictors
 
@@ -47,37 +47,6 @@ def _tiny_config(data_dir: Path, mode: str = "diffusion") -> ml_collections.Conf
     return c
 
 
-def _random_params(model, mode: str) -> dict:
-    """Random parameters of the model's shapes (no compilation: shapes from `eval_shape`)."""
-    key = jax.random.key(1)
-    image = jnp.zeros((1, SIZE, SIZE, 3)) if mode != "mask_only" else None
-    shapes = jax.eval_shape(lambda: model.init(
-        {"params": key, "dropout": key}, jnp.zeros((1, SIZE, SIZE, 1)), jnp.zeros((1,), jnp.int32),
-        image))
-    rng = np.random.default_rng(2)
-
-    def one(path, leaf):
-        noise = rng.normal(0.0, 0.05, leaf.shape).astype(np.float32)
-        return noise + 1.0 if jax.tree_util.keystr(path).endswith("['scale']") else noise
-
-    return jax.tree_util.tree_map_with_path(one, shapes)
-
-
-def _write_run(workdir: Path, config: ml_collections.ConfigDict, *, ema_scale: float = 1.0,
-               step: int = 3) -> dict:
-    """A workdir as training leaves it: config.json and a checkpoint (params, EMA params)."""
-    workdir.mkdir(parents=True)
-    run_dir.write_config(str(workdir), config)
-    variables = _random_params(build_model(config.model, image_channels=3), config.model.mode)
-    params = variables["params"]
-    state = {"params": params, "ema_params": jax.tree.map(lambda p: ema_scale * p, params),
-             "batch_stats": variables.get("batch_stats", {})}
-    ckpt = checkpoint.Checkpointer(str(workdir), best_metric="val_dice", async_save=False)
-    ckpt.save(step, state, metrics={"val_dice": 0.5})
-    ckpt.close()
-    return state
-
-
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("data")
@@ -87,7 +56,7 @@ def data_dir(tmp_path_factory) -> Path:
 def diffusion_run(tmp_path_factory, data_dir) -> tuple[Path, dict]:
     """A diffusion workdir whose EMA params are half its raw params (tests must not edit it)."""
     workdir = tmp_path_factory.mktemp("runs") / "diffusion"
-    return workdir, _write_run(workdir, _tiny_config(data_dir), ema_scale=0.5)
+    return workdir, write_run(workdir, _tiny_config(data_dir), ema_scale=0.5)
 
 
 # ------------------------------------------------------------------------------ scoring
@@ -222,7 +191,8 @@ def test_evaluate_command_writes_all_outputs(diffusion_run, capsys):
     assert result["checkpoint"]["step"] == 3 and result["checkpoint"]["ema"] is True
     assert result["prediction"] == {
         "kind": "diffusion_ensemble", "ensemble_size": 3, "sampler": "ddim", "sampling_steps": 3,
-        "eta": 0.0, "clip_x0": True, "num_timesteps": 100}
+        "eta": 0.0, "dpm_spacing": None, "dpm_lower_order_final": None, "clip_x0": True,
+        "num_timesteps": 100}
     assert result["fusion"] == "majority"
     for name in ("dice", "iou", "ece_top_label", "ece_foreground", "brier", "nll",
                  "member_dice", "uncertainty_entropy", "uncertainty_variance"):
@@ -249,7 +219,7 @@ def test_evaluate_command_writes_all_outputs(diffusion_run, capsys):
 def test_evaluate_feedforward_sigmoid_and_test_time_ensembles(tmp_path, data_dir):
     workdir = tmp_path / "ff"
     config = _tiny_config(data_dir, mode="feedforward")
-    state = _write_run(workdir, config)
+    state = write_run(workdir, config)
     result = evaluate.evaluate(workdir, {"eval.num_examples": 5,
                                          "eval.extra_protocols": "threshold_sweep"})
     assert result["prediction"] == {"kind": "sigmoid"}
