@@ -1,0 +1,349 @@
+"""Tests of the SegFormer importer on state dicts in transformers' layout, and parity with
+transformers' PyTorch model (run when transformers is installed).
+
+The transformers keys are enumerated here from its constructor rules (``segformer.encoder.
+patch_embeddings/block/layer_norm``, ``attention.self.*``, ``attention.output.dense``,
+``mlp.dense1/dwconv.dwconv/dense2``, ``decode_head.linear_c.{i}.proj/linear_fuse/batch_norm/
+classifier``), independently of the importer.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jdiffseg.models import segformer
+from jdiffseg.models.importers.segformer import (
+    load_segformer_checkpoint,
+    load_segformer_state_dict,
+)
+from jdiffseg.models.importers.torch_state import StateDictError, flatten
+from jdiffseg.models.segformer import SegFormer, segformer_kwargs
+
+SIZE = 32
+TINY = segformer.PRESETS["tiny"]
+HAS_TRANSFORMERS = all(
+    importlib.util.find_spec(name) for name in ("torch", "transformers", "safetensors")
+)
+
+
+def _model(classes: int = 1, preset: str = "tiny") -> SegFormer:
+    return SegFormer(mask_channels=classes, **segformer_kwargs(segformer.PRESETS[preset]))
+
+
+@functools.cache
+def _variables(classes: int = 1):
+    """Variables of the tiny model's structure with random values (not its initialisers')."""
+    model = _model(classes)
+    args = (jnp.zeros((1, SIZE, SIZE, classes)), jnp.zeros((1,)), jnp.zeros((1, SIZE, SIZE, 3)))
+    shapes = jax.eval_shape(lambda key: model.init(key, *args), jax.random.key(0))
+    rng = np.random.default_rng(classes)
+    return jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32), shapes)
+
+
+def hf_shapes(preset: dict, classes: int | None, in_channels: int = 3) -> dict[str, tuple]:
+    """Keys and shapes of ``SegformerForSemanticSegmentation`` (``classes=None``: the encoder
+    of ``SegformerModel`` under the ``segformer.`` prefix)."""
+    shapes: dict[str, tuple] = {}
+
+    def linear(key: str, cin: int, cout: int) -> None:
+        shapes[f"{key}.weight"], shapes[f"{key}.bias"] = (cout, cin), (cout,)
+
+    def conv(key: str, cin: int, cout: int, k: int, groups: int = 1) -> None:
+        shapes[f"{key}.weight"], shapes[f"{key}.bias"] = (cout, cin // groups, k, k), (cout,)
+
+    def norm(key: str, c: int) -> None:
+        shapes[f"{key}.weight"], shapes[f"{key}.bias"] = (c,), (c,)
+
+    enc, cin = "segformer.encoder", in_channels
+    widths = preset["segformer_hidden_sizes"]
+    for i, c in enumerate(widths):
+        conv(f"{enc}.patch_embeddings.{i}.proj", cin, c, segformer.PATCH_SIZES[i])
+        norm(f"{enc}.patch_embeddings.{i}.layer_norm", c)
+        for j in range(preset["segformer_depths"][i]):
+            block, hidden = f"{enc}.block.{i}.{j}", c * preset["segformer_mlp_ratio"]
+            norm(f"{block}.layer_norm_1", c)
+            for name in ("query", "key", "value"):
+                linear(f"{block}.attention.self.{name}", c, c)
+            r = preset["segformer_sr_ratios"][i]
+            if r > 1:
+                conv(f"{block}.attention.self.sr", c, c, r)
+                norm(f"{block}.attention.self.layer_norm", c)
+            linear(f"{block}.attention.output.dense", c, c)
+            norm(f"{block}.layer_norm_2", c)
+            linear(f"{block}.mlp.dense1", c, hidden)
+            conv(f"{block}.mlp.dwconv.dwconv", hidden, hidden, 3, groups=hidden)
+            linear(f"{block}.mlp.dense2", hidden, c)
+        norm(f"{enc}.layer_norm.{i}", c)
+        cin = c
+    if classes is None:
+        return shapes
+    dec = preset["segformer_decoder_channels"]
+    for i, c in enumerate(widths):
+        linear(f"decode_head.linear_c.{i}.proj", c, dec)
+    shapes["decode_head.linear_fuse.weight"] = (dec, 4 * dec, 1, 1)
+    norm("decode_head.batch_norm", dec)
+    shapes["decode_head.batch_norm.running_mean"] = (dec,)
+    shapes["decode_head.batch_norm.running_var"] = (dec,)
+    shapes["decode_head.batch_norm.num_batches_tracked"] = ()
+    conv("decode_head.classifier", dec, classes, 1)
+    return shapes
+
+
+def hf_state_dict(classes: int | None = 1, seed: int = 0) -> dict[str, np.ndarray]:
+    """A random state dict of the tiny preset in transformers' layout."""
+    rng = np.random.default_rng(seed)
+    state = {}
+    for key, shape in hf_shapes(TINY, classes).items():
+        if key.endswith("num_batches_tracked"):
+            state[key] = np.array(11, np.int64)
+        elif key.endswith("running_var"):
+            state[key] = rng.uniform(0.5, 1.5, shape).astype(np.float32)
+        else:
+            state[key] = rng.normal(size=shape).astype(np.float32)
+    return state
+
+
+def test_full_model_loads_every_key_in_place():
+    variables = _variables(1)
+    state = hf_state_dict(1)
+    messages: list[str] = []
+    loaded = load_segformer_state_dict(state, variables, log=messages.append)
+    assert messages == []
+    want, got = flatten(variables), flatten(loaded)
+    assert set(got) == set(want)
+    for path, leaf in want.items():
+        assert got[path].shape == leaf.shape and got[path].dtype == leaf.dtype, path
+    # every key consumed once: the loaded values add up to the state dict's
+    total = sum(float(np.sum(v)) for k, v in state.items() if "num_batches" not in k)
+    assert np.isclose(sum(float(np.sum(v)) for v in got.values()), total, rtol=1e-5)
+
+    p, enc = loaded["params"], "segformer.encoder"
+    block = p["encoder"]["block_1_0"]
+    np.testing.assert_array_equal(
+        block["attention"]["query"]["kernel"],
+        state[f"{enc}.block.1.0.attention.self.query.weight"].T,
+    )
+    np.testing.assert_array_equal(
+        block["attention"]["dense"]["bias"], state[f"{enc}.block.1.0.attention.output.dense.bias"]
+    )
+    np.testing.assert_array_equal(
+        block["attention"]["sr"]["kernel"],
+        state[f"{enc}.block.1.0.attention.self.sr.weight"].transpose(2, 3, 1, 0),
+    )
+    np.testing.assert_array_equal(
+        block["attention"]["layer_norm"]["scale"],
+        state[f"{enc}.block.1.0.attention.self.layer_norm.weight"],
+    )
+    np.testing.assert_array_equal(
+        block["mlp"]["dwconv"]["kernel"][:, :, 0, 5],
+        state[f"{enc}.block.1.0.mlp.dwconv.dwconv.weight"][5, 0],
+    )
+    np.testing.assert_array_equal(
+        p["encoder"]["patch_embeddings_0_proj"]["kernel"][:, :, 2, 7],
+        state[f"{enc}.patch_embeddings.0.proj.weight"][7, 2],
+    )
+    np.testing.assert_array_equal(
+        p["encoder"]["layer_norm_3"]["bias"], state[f"{enc}.layer_norm.3.bias"]
+    )
+    np.testing.assert_array_equal(
+        p["decode_head"]["linear_c_2"]["kernel"], state["decode_head.linear_c.2.proj.weight"].T
+    )
+    np.testing.assert_array_equal(
+        p["decode_head"]["linear_fuse"]["kernel"][0, 0],
+        state["decode_head.linear_fuse.weight"][:, :, 0, 0].T,
+    )
+    np.testing.assert_array_equal(
+        loaded["batch_stats"]["decode_head"]["batch_norm"]["var"],
+        state["decode_head.batch_norm.running_var"],
+    )
+
+
+@pytest.mark.parametrize("layout", ["segformer", "bare", "imagenet"])
+def test_encoder_checkpoints_keep_the_decode_head(layout):
+    """mit-b* style checkpoints: SegformerModel under ``segformer.``, a bare SegformerModel,
+    and SegformerForImageClassification (its ImageNet classifier is dropped)."""
+    variables = _variables(1)
+    state = hf_state_dict(None)
+    if layout == "bare":
+        state = {k.removeprefix("segformer."): v for k, v in state.items()}
+    if layout == "imagenet":
+        state["classifier.weight"] = np.zeros((1000, 32), np.float32)
+        state["classifier.bias"] = np.zeros((1000,), np.float32)
+    messages: list[str] = []
+    loaded = load_segformer_state_dict(state, variables, log=messages.append)
+    np.testing.assert_array_equal(
+        loaded["params"]["encoder"]["layer_norm_2"]["scale"],
+        hf_state_dict(None)["segformer.encoder.layer_norm.2.weight"],
+    )
+    for a, b in zip(
+        jax.tree.leaves(loaded["params"]["decode_head"]),
+        jax.tree.leaves(variables["params"]["decode_head"]),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, b)
+    assert any("no decode head" in m and "keeps its initialisation" in m for m in messages)
+    assert any("classifier.weight" in m for m in messages) == (layout == "imagenet")
+
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), variables)
+    with pytest.raises(ValueError, match="pass initialised variables"):
+        load_segformer_state_dict(state, abstract, log=messages.append)
+
+
+def test_other_class_count_reinitialises_only_the_classifier():
+    variables = _variables(3)
+    state = hf_state_dict(150)
+    messages: list[str] = []
+    loaded = load_segformer_state_dict(state, variables, log=messages.append)
+    head = loaded["params"]["decode_head"]
+    np.testing.assert_array_equal(
+        head["classifier"]["kernel"], variables["params"]["decode_head"]["classifier"]["kernel"]
+    )
+    np.testing.assert_array_equal(
+        head["linear_c_0"]["bias"], state["decode_head.linear_c.0.proj.bias"]
+    )
+    assert messages == [
+        "<mapping>: its decode head predicts 150 classes and the model 3; the classifier of "
+        "the decode head is re-initialised"
+    ]
+
+
+def test_unknown_missing_and_misshaped_keys_are_all_listed():
+    state = {"module." + k: v for k, v in hf_state_dict(1).items()}
+    state["module.decode_head.extra.weight"] = np.zeros((1,), np.float32)
+    del state["module.segformer.encoder.block.2.0.mlp.dense1.bias"]
+    state["module.segformer.encoder.block.0.0.attention.self.sr.weight"] = np.zeros(
+        (8, 8, 2, 2), np.float32
+    )
+    with pytest.raises(StateDictError) as info:
+        load_segformer_state_dict(state, _variables(1))
+    err = info.value
+    assert err.unknown == ["decode_head.extra.weight"]
+    assert len(err.missing) == 1 and "block.2.0.mlp.dense1.bias" in err.missing[0]
+    assert len(err.misshaped) == 1 and "block.0.0.attention.self.sr.weight" in err.misshaped[0]
+    for key in ("decode_head.extra.weight", "mlp.dense1.bias", "attention.self.sr.weight"):
+        assert key in str(err)
+
+
+def _hf_config(preset: dict, classes: int) -> dict:
+    return dict(
+        architectures=["SegformerForSemanticSegmentation"],
+        num_channels=3,
+        num_encoder_blocks=4,
+        hidden_sizes=list(preset["segformer_hidden_sizes"]),
+        depths=list(preset["segformer_depths"]),
+        num_attention_heads=list(preset["segformer_num_heads"]),
+        sr_ratios=list(preset["segformer_sr_ratios"]),
+        mlp_ratios=[preset["segformer_mlp_ratio"]] * 4,
+        patch_sizes=[7, 3, 3, 3],
+        strides=[4, 2, 2, 2],
+        decoder_hidden_size=preset["segformer_decoder_channels"],
+        hidden_act="gelu",
+        id2label={str(i): str(i) for i in range(classes)},
+    )
+
+
+@pytest.mark.skipif(not importlib.util.find_spec("safetensors"), reason="needs safetensors")
+def test_checkpoint_directory_checks_config_and_files(tmp_path):
+    from safetensors.numpy import save_file
+
+    state = hf_state_dict(1)
+    with pytest.raises(FileNotFoundError, match=r"no config\.json"):
+        load_segformer_checkpoint(tmp_path, _model(), _variables(1))
+    (tmp_path / "config.json").write_text(json.dumps(_hf_config(TINY, 1)))
+    with pytest.raises(FileNotFoundError, match=r"model\.safetensors"):
+        load_segformer_checkpoint(tmp_path, _model(), _variables(1))
+    save_file(
+        {k: v for k, v in state.items() if "num_batches" not in k}, tmp_path / "model.safetensors"
+    )
+    loaded = load_segformer_checkpoint(tmp_path, _model(), _variables(1))
+    np.testing.assert_array_equal(
+        loaded["params"]["decode_head"]["classifier"]["bias"], state["decode_head.classifier.bias"]
+    )
+    # same shapes, other heads: only config.json tells
+    config = dict(_hf_config(TINY, 1), num_attention_heads=[1, 2, 2, 2])
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(
+        ValueError, match=r"num_attention_heads=\[1, 2, 2, 2\] \(model: \[1, 1, 2, 2\]\)"
+    ):
+        load_segformer_checkpoint(tmp_path, _model(), _variables(1))
+
+
+# ---------------------------------------------------------------- parity with transformers
+
+
+def _perturb_norms(model) -> None:
+    """Random affine LayerNorm/BatchNorm parameters, running statistics and biases (the
+    initialisers leave them at 1/0, which would hide mapping errors)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for module in model.modules():
+            tensors = [getattr(module, n, None) for n in ("weight", "bias")]
+            if isinstance(module, (torch.nn.LayerNorm, torch.nn.BatchNorm2d)):
+                tensors[0].copy_(torch.rand(tensors[0].shape, generator=gen) + 0.5)
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.copy_(torch.rand(module.running_mean.shape, generator=gen))
+                module.running_var.copy_(torch.rand(module.running_var.shape, generator=gen) + 0.5)
+            if isinstance(tensors[1], torch.Tensor):
+                tensors[1].copy_(torch.rand(tensors[1].shape, generator=gen) - 0.5)
+
+
+@pytest.mark.skipif(not HAS_TRANSFORMERS, reason="needs torch, transformers and safetensors")
+@pytest.mark.parametrize(
+    "preset,size,classes,weights",
+    [("b0", 64, 1, "model.safetensors"), ("b1", 96, 3, "pytorch_model.bin")],
+)
+def test_parity_with_transformers(tmp_path, preset, size, classes, weights):
+    import torch
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation
+
+    torch.manual_seed(0)
+    fields = segformer.PRESETS[preset]
+    config = SegformerConfig(
+        hidden_sizes=list(fields["segformer_hidden_sizes"]),
+        depths=list(fields["segformer_depths"]),
+        decoder_hidden_size=fields["segformer_decoder_channels"],
+        num_labels=classes,
+    )
+    reference = SegformerForSemanticSegmentation(config).eval()
+    _perturb_norms(reference)
+    reference.save_pretrained(tmp_path)
+    if weights == "pytorch_model.bin":  # the same keys through torch's format
+        from safetensors.torch import load_file
+
+        path = tmp_path / "model.safetensors"
+        torch.save(load_file(path), tmp_path / weights)
+        path.unlink()
+
+    model = _model(classes, preset)
+    image = np.random.default_rng(0).normal(size=(1, size, size, 3)).astype(np.float32)
+    x_t, t = jnp.zeros((1, size, size, classes)), jnp.zeros((1,))
+    template = jax.eval_shape(lambda key: model.init(key, x_t, t, image), jax.random.key(0))
+    variables = load_segformer_checkpoint(tmp_path, model, template)
+
+    @jax.jit
+    def run(variables, image):
+        out, state = model.apply(
+            variables, x_t, t, image, capture_intermediates=lambda m, _: m.name == "decode_head"
+        )
+        return out["out"], state["intermediates"]["decode_head"]["__call__"][0]
+
+    out, quarter = map(np.asarray, run(variables, image))
+    with torch.no_grad():
+        logits = reference(torch.from_numpy(image.transpose(0, 3, 1, 2))).logits
+        full = torch.nn.functional.interpolate(
+            logits, size=(size, size), mode="bilinear", align_corners=False
+        )
+    want, want_full = (x.numpy().transpose(0, 2, 3, 1) for x in (logits, full))
+    assert quarter.shape == want.shape == (1, size // 4, size // 4, classes)
+    assert np.abs(want).max() > 0.05  # not a trivially small output
+    np.testing.assert_allclose(quarter, want, rtol=0, atol=2e-6)
+    np.testing.assert_allclose(out, want_full, rtol=0, atol=2e-6)
