@@ -15,6 +15,7 @@ import json
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -24,6 +25,7 @@ from jdiffseg.models.importers.segformer import (
     load_segformer_state_dict,
 )
 from jdiffseg.models.importers.torch_state import StateDictError, flatten
+from jdiffseg.models.pretrained import load_pretrained
 from jdiffseg.models.segformer import SegFormer, segformer_kwargs
 
 SIZE = 32
@@ -347,3 +349,15 @@ def test_parity_with_transformers(tmp_path, preset, size, classes, weights):
     assert np.abs(want).max() > 0.05  # not a trivially small output
     np.testing.assert_allclose(quarter, want, rtol=0, atol=2e-6)
     np.testing.assert_allclose(out, want_full, rtol=0, atol=2e-6)
+
+
+def test_load_pretrained_only_for_segformer(tmp_path):
+    variables = _variables(1)
+    config = ml_collections.ConfigDict(dict(arch="segformer", pretrained=""))
+    assert load_pretrained(config, _model(), variables) is variables
+    config.arch, config.pretrained = "nnunet", str(tmp_path)
+    with pytest.raises(ValueError, match=r"not for model\.arch='nnunet'"):
+        load_pretrained(config, _model(), variables)
+    config.arch = "segformer"
+    with pytest.raises(FileNotFoundError, match=r"no config\.json"):
+        load_pretrained(config, _model(), variables)
