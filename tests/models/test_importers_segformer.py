@@ -23,6 +23,7 @@ from jdiffseg.models import segformer
 from jdiffseg.models.importers.segformer import (
     load_segformer_checkpoint,
     load_segformer_state_dict,
+    read_safetensors,
 )
 from jdiffseg.models.importers.torch_state import StateDictError, flatten
 from jdiffseg.models.pretrained import load_pretrained
@@ -110,6 +111,52 @@ def hf_state_dict(classes: int | None = 1, seed: int = 0) -> dict[str, np.ndarra
         else:
             state[key] = rng.normal(size=shape).astype(np.float32)
     return state
+
+
+def write_safetensors(path, tensors: dict[str, np.ndarray], bf16: tuple[str, ...] = ()) -> None:
+    """A ``.safetensors`` file written from the format's definition (``bf16``: keys stored as
+    bfloat16, by truncating float32)."""
+    header, chunks, offset = {}, [], 0
+    names = {np.dtype(np.float32): "F32", np.dtype(np.int64): "I64"}
+    for key, value in tensors.items():
+        value = np.asarray(value)
+        if key in bf16:
+            data, dtype = (value.astype(np.float32).view(np.uint32) >> 16).astype("<u2"), "BF16"
+        else:
+            data, dtype = value, names[value.dtype]
+        raw = data.tobytes()
+        header[key] = {
+            "dtype": dtype,
+            "shape": list(value.shape),
+            "data_offsets": [offset, offset + len(raw)],
+        }
+        chunks.append(raw)
+        offset += len(raw)
+    blob = json.dumps({"__metadata__": {"format": "pt"}, **header}).encode()
+    path.write_bytes(len(blob).to_bytes(8, "little") + blob + b"".join(chunks))
+
+
+def test_safetensors_reader_reads_the_format(tmp_path):
+    tensors = {"a": np.arange(6, dtype=np.float32).reshape(2, 3) / 7, "n": np.array(5, np.int64)}
+    tensors["h"] = np.array([1.5, -2.25, 3e-3], np.float32)
+    write_safetensors(tmp_path / "x.safetensors", tensors, bf16=("h",))
+    got = read_safetensors(tmp_path / "x.safetensors")
+    np.testing.assert_array_equal(got["a"], tensors["a"])
+    assert got["n"].shape == () and got["n"] == 5 and got["n"].dtype == np.int64
+    # bfloat16 keeps 8 significant bits: exact for 1.5 and -2.25, within 2^-8 for 3e-3
+    np.testing.assert_allclose(got["h"], tensors["h"], rtol=2**-8)
+    assert got["h"].dtype == np.float32 and got["h"][:2].tolist() == [1.5, -2.25]
+    if importlib.util.find_spec("safetensors"):  # and files of the reference writer
+        from safetensors.numpy import load_file, save_file
+
+        save_file({"a": tensors["a"]}, tmp_path / "y.safetensors")
+        np.testing.assert_array_equal(
+            read_safetensors(tmp_path / "y.safetensors")["a"], tensors["a"]
+        )
+        np.testing.assert_array_equal(load_file(tmp_path / "x.safetensors")["a"], tensors["a"])
+    (tmp_path / "bad.safetensors").write_bytes(b"\x04\x00\x00\x00\x00\x00\x00\x00{{{{")
+    with pytest.raises(ValueError, match="not a safetensors file"):
+        read_safetensors(tmp_path / "bad.safetensors")
 
 
 def test_full_model_loads_every_key_in_place():
@@ -251,19 +298,14 @@ def _hf_config(preset: dict, classes: int) -> dict:
     )
 
 
-@pytest.mark.skipif(not importlib.util.find_spec("safetensors"), reason="needs safetensors")
 def test_checkpoint_directory_checks_config_and_files(tmp_path):
-    from safetensors.numpy import save_file
-
-    state = hf_state_dict(1)
+    state = hf_state_dict(1)  # num_batches_tracked included, as transformers writes it
     with pytest.raises(FileNotFoundError, match=r"no config\.json"):
         load_segformer_checkpoint(tmp_path, _model(), _variables(1))
     (tmp_path / "config.json").write_text(json.dumps(_hf_config(TINY, 1)))
     with pytest.raises(FileNotFoundError, match=r"model\.safetensors"):
         load_segformer_checkpoint(tmp_path, _model(), _variables(1))
-    save_file(
-        {k: v for k, v in state.items() if "num_batches" not in k}, tmp_path / "model.safetensors"
-    )
+    write_safetensors(tmp_path / "model.safetensors", state)
     loaded = load_segformer_checkpoint(tmp_path, _model(), _variables(1))
     np.testing.assert_array_equal(
         loaded["params"]["decode_head"]["classifier"]["bias"], state["decode_head.classifier.bias"]

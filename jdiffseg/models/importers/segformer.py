@@ -1,7 +1,7 @@
 """Importer of HuggingFace-format SegFormer checkpoints (``config.json`` + weights).
 
-A checkpoint directory holds ``config.json`` and ``model.safetensors`` (read with the
-``safetensors`` package) or ``pytorch_model.bin`` (read with torch). Keys are in the layout
+A checkpoint directory holds ``config.json`` and ``model.safetensors`` (read here with numpy)
+or ``pytorch_model.bin`` (read with torch). Keys are in the layout
 transformers writes (its original names): ``segformer.encoder.*`` and ``decode_head.*`` for
 ``SegformerForSemanticSegmentation``; ``encoder.*`` for a bare ``SegformerModel``; the
 ImageNet-pretrained ``mit-b*`` encoders (``SegformerForImageClassification``) add a
@@ -183,19 +183,56 @@ def load_segformer_state_dict(
     return _load(read_state_dict(state_dict), source, variables_template, log)
 
 
+# safetensors dtype names -> numpy dtypes (BF16 is widened to float32 by `read_safetensors`).
+SAFETENSORS_DTYPES = {
+    "F64": np.float64,
+    "F32": np.float32,
+    "F16": np.float16,
+    "BF16": np.uint16,
+    "I64": np.int64,
+    "I32": np.int32,
+    "I16": np.int16,
+    "I8": np.int8,
+    "U8": np.uint8,
+    "BOOL": np.bool_,
+}
+
+
+def read_safetensors(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """The tensors of a ``.safetensors`` file as numpy arrays (bfloat16 widened to float32).
+
+    The format is an 8-byte little-endian header length, a JSON header giving each tensor's
+    dtype, shape and byte range, and the raw little-endian data; reading it needs no package.
+    """
+    raw = FilePath(path).read_bytes()
+    size = int.from_bytes(raw[:8], "little")
+    try:
+        header = json.loads(raw[8 : 8 + size])
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not a safetensors file: {err}") from err
+    data = memoryview(raw)[8 + size :]
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if info["dtype"] not in SAFETENSORS_DTYPES:
+            raise ValueError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
+        begin, end = info["data_offsets"]
+        dtype = np.dtype(SAFETENSORS_DTYPES[info["dtype"]]).newbyteorder("<")
+        array = np.frombuffer(data[begin:end], dtype=dtype).reshape(info["shape"])
+        if info["dtype"] == "BF16":
+            array = (array.astype(np.uint32) << 16).view(np.float32)
+        out[name] = array.astype(array.dtype.newbyteorder("="))
+    return out
+
+
 def _read_weights(directory: FilePath) -> tuple[dict[str, np.ndarray], str]:
     """The state dict in ``model.safetensors`` or else ``pytorch_model.bin``, and its path."""
-    safetensors_path, bin_path = (directory / name for name in WEIGHT_FILES)
-    if safetensors_path.is_file():
-        try:
-            from safetensors.numpy import load_file  # optional: only for .safetensors
-        except ImportError as err:
-            raise ImportError(
-                f"reading {safetensors_path} needs safetensors (pip install safetensors)"
-            ) from err
-        return load_file(safetensors_path), os.fspath(safetensors_path)
-    if bin_path.is_file():
-        return read_state_dict(bin_path), os.fspath(bin_path)
+    for name in WEIGHT_FILES:
+        path = directory / name
+        if path.is_file():
+            read = read_safetensors if name.endswith(".safetensors") else read_state_dict
+            return read(path), os.fspath(path)
     raise FileNotFoundError(f"{directory} has neither of {list(WEIGHT_FILES)}")
 
 
