@@ -1,5 +1,6 @@
-r"""The whole study: E1–E4 per architecture and dataset, the nnU-Net baseline, evaluation, the
-timestep analysis, adapted-diffusion runs, the results table and the fingerprint figure.
+r"""The whole study: E1–E4 per architecture and dataset, the nnU-Net and SegFormer-B0 baselines,
+evaluation, the timestep analysis, adapted-diffusion runs, the results table and the fingerprint
+figure.
 
     # the three synthetic flavours with tiny models (CPU; a few hours on two cores)
     python experiments/run_study.py --out_dir=runs/study
@@ -29,6 +30,7 @@ flags.DEFINE_string("out_dir", "runs/study", "where runs, table and figures go")
 flags.DEFINE_list("datasets", list(study.SYNTHETIC_VARIANTS), "synthetic flavours or real sets")
 flags.DEFINE_list("archs", ["ensemdiff", "segdiff", "medsegdiff"], "architectures")
 flags.DEFINE_list("experiments", list(study.EXPERIMENTS), "subset of E1,E2,E3,E4,baseline,adapted")
+flags.DEFINE_list("baselines", list(study.BASELINES), "feed-forward baselines (nnunet, segformer)")
 flags.DEFINE_enum("preset", "tiny", ["tiny", "paper"], "model size and training length")
 flags.DEFINE_enum("adapt_method", "weights", ["range", "weights", "schedule"], "adapted runs")
 flags.DEFINE_multi_string("override", [], "KEY=VALUE config override for every run")
@@ -59,6 +61,7 @@ def main(argv: list[str]) -> None:
         datasets=tuple(FLAGS.datasets),
         archs=tuple(FLAGS.archs),
         experiments=tuple(FLAGS.experiments),
+        baselines=tuple(FLAGS.baselines),
         preset=FLAGS.preset,
         adapt_method=FLAGS.adapt_method,
         overrides=_parse(FLAGS.override),

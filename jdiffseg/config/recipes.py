@@ -4,7 +4,10 @@ arguments and the study, the demo and sweeps work from any install:
 
     dataset = synthetic | isic2016 | monuseg | her2   (synthetic: variant = lesion|nuclei|tissue)
     mode    = diffusion (E2) | feedforward (E1) | mask_only (E3) | image_generation (E4)
-    preset  = paper (the authors' 256 px settings) | tiny (a CPU-sized model at 32 px)
+    preset  = paper (the authors' 256 px settings) | tiny (a CPU-sized model at 32 px);
+              SegFormer: b0 .. b5 (the published sizes) | tiny
+    scale   = paper | tiny: the image size and training length (by default the preset's;
+              paper for b0 .. b5)
 
 What depends on the mode rather than the architecture is set here: E1 trains a plain segmenter
 (sigmoid output, no σ channels); E3 predicts x0 directly with a fixed variance, so its loss is the
@@ -26,6 +29,9 @@ DATASETS = ("synthetic", "isic2016", "monuseg", "her2")
 # The synthetic flavour that stands in for each real dataset.
 SYNTHETIC_FOR = {"isic2016": "lesion", "monuseg": "nuclei", "her2": "tissue"}
 PRESETS = ("paper", "tiny")
+SCALES = ("paper", "tiny")
+# Architectures whose presets are not paper/tiny.
+ARCH_PRESETS = {"segformer": ("b0", "b1", "b2", "b3", "b4", "b5", "tiny")}
 
 # The guided-diffusion recipe EnsemDiff and MedSegDiff share (their authors' README flags):
 # T=1000 linear, ε with a learned-range σ trained by MSE + VB, {0,1} masks, AdamW 1e-4 constant,
@@ -51,18 +57,24 @@ GUIDED_DIFFUSION: dict[str, Any] = {
 }
 
 
-def parse(arg: str | None, *, mode: str = "diffusion") -> ml_collections.ConfigDict:
-    """The common `get_config` arguments (dataset, variant, mode, preset), validated."""
-    args = parse_arg(arg, dataset="synthetic", variant="lesion", mode=mode, preset="tiny")
-    for key, allowed in (("dataset", DATASETS), ("mode", MODES), ("preset", PRESETS)):
+def parse(
+    arg: str | None, *, mode: str = "diffusion", presets: tuple[str, ...] = PRESETS
+) -> ml_collections.ConfigDict:
+    """The common `get_config` arguments (dataset, variant, mode, preset, scale), validated;
+    an empty scale becomes the preset's (paper for presets other than tiny)."""
+    args = parse_arg(arg, dataset="synthetic", variant="lesion", mode=mode, preset="tiny", scale="")
+    for key, allowed in (("dataset", DATASETS), ("mode", MODES), ("preset", presets)):
         if args[key] not in allowed:
             raise ValueError(f"config argument {key}={args[key]!r} is not one of {allowed}")
+    args.scale = args.scale or ("tiny" if args.preset == "tiny" else "paper")
+    if args.scale not in SCALES:
+        raise ValueError(f"config argument scale={args.scale!r} is not one of {SCALES}")
     return args
 
 
 def build(arch: str, args: ml_collections.ConfigDict, overrides: dict[str, Any]) -> Any:
     """A full config: base tree, then the arch's preset, then `overrides` (dotted keys, the
-    authors' hyperparameters), then what the dataset, mode and preset imply."""
+    authors' hyperparameters), then what the dataset, mode and scale imply."""
     c = base_config()
     c.model.mode = args.mode
     apply_preset(c.model, arch, args.preset)
@@ -72,7 +84,7 @@ def build(arch: str, args: ml_collections.ConfigDict, overrides: dict[str, Any])
 
     c.data.name = args.dataset
     c.data.variant = args.variant
-    if args.preset == "paper":
+    if args.scale == "paper":
         c.data.image_size = 256
         c.train.steps = 100_000
         c.train.log_every = 100
@@ -152,9 +164,20 @@ ARCH_RECIPES: dict[str, dict[str, Any]] = {
         "data.batch_size": 16,
         "data.eval_batch_size": 16,
     },
+    # SegFormer (Xie et al. 2021): AdamW 6e-5, weight decay 0.01, 1500 warm-up steps and a
+    # decay to 0 (cosine here, their polynomial of power 1), batch 16.
+    "segformer": {
+        "train.lr": 6e-5,
+        "train.weight_decay": 0.01,
+        "train.warmup_steps": 1500,
+        "train.lr_schedule": "cosine",
+        "train.ema_decay": 0.999,
+        "data.batch_size": 16,
+        "data.eval_batch_size": 16,
+    },
 }
 # Architectures that only segment feed-forward (E1).
-FEEDFORWARD_ONLY = ("nnunet",)
+FEEDFORWARD_ONLY = ("nnunet", "segformer")
 
 
 def get_config(arch: str, arg: str | None = None) -> ml_collections.ConfigDict:
@@ -162,7 +185,11 @@ def get_config(arch: str, arg: str | None = None) -> ml_collections.ConfigDict:
     if arch not in ARCH_RECIPES:
         raise ValueError(f"unknown architecture {arch!r}; known: {sorted(ARCH_RECIPES)}")
     feedforward_only = arch in FEEDFORWARD_ONLY
-    args = parse(arg, mode="feedforward" if feedforward_only else "diffusion")
+    args = parse(
+        arg,
+        mode="feedforward" if feedforward_only else "diffusion",
+        presets=ARCH_PRESETS.get(arch, PRESETS),
+    )
     if feedforward_only and args.mode != "feedforward":
         raise ValueError(f"configs/{arch}.py trains feed-forward only, got mode={args.mode!r}")
     return build(arch, args, ARCH_RECIPES[arch])

@@ -41,7 +41,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.augment.color_jitter = 0.0  # brightness/contrast/saturation/hue strength; 0 = off
 
     c.model = ml_collections.ConfigDict()
-    c.model.arch = "ensemdiff"  # ensemdiff | segdiff | medsegdiff | nnunet
+    c.model.arch = "ensemdiff"  # ensemdiff | segdiff | medsegdiff | nnunet | segformer
     c.model.preset = "tiny"
     c.model.mode = "diffusion"  # diffusion | feedforward | mask_only | image_generation
     c.model.dtype = "float32"  # compute dtype; params and normalisation stay float32
@@ -68,6 +68,15 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.encoder_num_pool = 5  # downsampling stages of the encoder
     c.model.encoder_norm = "batch"  # batch | instance
     c.model.encoder_dropout = 0.5
+    c.model.segformer_hidden_sizes = (8, 16, 32, 32)  # SegFormer: widths of the 4 stages
+    c.model.segformer_depths = (1, 1, 1, 1)  # Transformer blocks per stage
+    c.model.segformer_num_heads = (1, 1, 2, 2)
+    c.model.segformer_sr_ratios = (4, 2, 1, 1)  # key/value reduction per stage
+    c.model.segformer_mlp_ratio = 4
+    c.model.segformer_decoder_channels = 32
+    c.model.segformer_drop_path = 0.1  # stochastic depth of the last block
+    c.model.segformer_head_dropout = 0.1
+    c.model.pretrained = ""  # SegFormer: a transformers checkpoint directory to start from
 
     c.diffusion = ml_collections.ConfigDict()
     c.diffusion.num_timesteps = 100

@@ -1,4 +1,5 @@
-"""Flax Linen models: EnsemDiff, SegDiff, MedSegDiff and the nnU-Net-style baseline.
+"""Flax Linen models: EnsemDiff, SegDiff, MedSegDiff and the nnU-Net-style and SegFormer
+baselines.
 
 `build_model(config.model, image_channels=..., mask_channels=...)` picks the architecture
 from ``config.model.arch``; every model is called as
@@ -27,6 +28,7 @@ ARCHS = {
     "segdiff": "jdiffseg.models.segdiff",
     "medsegdiff": "jdiffseg.models.medsegdiff",
     "nnunet": "jdiffseg.models.nnunet",
+    "segformer": "jdiffseg.models.segformer",
 }
 
 

@@ -8,9 +8,10 @@ authors' flag ``--attention_resolutions 16`` at 256 px is factor 16).
 * SegDiff 'paper': the MoNuSeg script (``deeper_net``: 7 levels, 3 res blocks, 4 heads,
   attention at 1/16 and 1/32, fixed σ, no scale-shift norm) with ``--rrdb_blocks 12``.
 
-MedSegDiff and the nnU-Net baseline keep their presets in their own modules (``PRESETS``);
-`presets_for` finds either. `apply_preset` writes a preset into a config; `resolve` reads a
-model's fields from a config, taking fields the config does not define from its named preset.
+MedSegDiff and the nnU-Net and SegFormer baselines keep their presets in their own modules
+(``PRESETS``); `presets_for` finds them. `apply_preset` writes a preset into a config;
+`resolve` reads a model's fields from a config, taking fields the config does not define from
+its named preset.
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 
 def presets_for(arch: str) -> Mapping[str, Mapping[str, Any]]:
     """The presets of ``arch``: here for the UNet-based EnsemDiff and SegDiff, and the
-    ``PRESETS`` of ``jdiffseg.models.<arch>`` for the others (MedSegDiff, nnU-Net)."""
+    ``PRESETS`` of ``jdiffseg.models.<arch>`` for the others (MedSegDiff, the baselines)."""
     if arch in PRESETS:
         return PRESETS[arch]
     try:

@@ -27,6 +27,9 @@ from jdiffseg.training import train
 EXPERIMENTS = ("E1", "E2", "E3", "E4", "baseline", "adapted")
 MODE_OF = {"E1": "feedforward", "E2": "diffusion", "E3": "mask_only", "E4": "image_generation"}
 SYNTHETIC_VARIANTS = ("lesion", "nuclei", "tissue")
+# The feed-forward baselines of the "baseline" experiment and their model presets: None takes
+# the plan's preset; SegFormer is always B0, trained at the plan's scale.
+BASELINES = {"nnunet": None, "segformer": "b0"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +40,7 @@ class Plan:
     datasets: tuple[str, ...] = SYNTHETIC_VARIANTS
     archs: tuple[str, ...] = ("ensemdiff", "segdiff", "medsegdiff")
     experiments: tuple[str, ...] = EXPERIMENTS
+    baselines: tuple[str, ...] = tuple(BASELINES)
     preset: str = "tiny"
     adapt_method: str = "weights"
     overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
@@ -47,6 +51,11 @@ class Plan:
         unknown = sorted(set(self.experiments) - set(EXPERIMENTS))
         if unknown:
             raise ValueError(f"unknown experiments {unknown}; choose from {EXPERIMENTS}")
+        if set(self.baselines) - set(BASELINES):
+            raise ValueError(
+                f"unknown baselines {sorted(set(self.baselines) - set(BASELINES))}; "
+                f"choose from {list(BASELINES)}"
+            )
         if "adapted" in self.experiments and not {"E2", "E3"} <= set(self.experiments):
             raise ValueError("the adapted runs need E2 and E3 (their fingerprint) in the plan")
 
@@ -59,9 +68,12 @@ def dataset_arg(dataset: str) -> str:
 
 
 def run_config(plan: Plan, arch: str, dataset: str, mode: str) -> ml_collections.ConfigDict:
-    """The config of one run: the architecture's file, the plan's preset and overrides."""
+    """The config of one run: the architecture's recipe, the plan's preset (a baseline's own
+    model preset at the plan's scale) and overrides."""
     mode_arg = "" if arch in recipes.FEEDFORWARD_ONLY else f",mode={mode}"
-    arg = f"{dataset_arg(dataset)},preset={plan.preset}{mode_arg}"
+    model_preset = BASELINES.get(arch)
+    preset = f"{model_preset},scale={plan.preset}" if model_preset else plan.preset
+    arg = f"{dataset_arg(dataset)},preset={preset}{mode_arg}"
     config = recipes.get_config(arch, arg)
     config.lock()
     parsing.update(config, plan.overrides)
@@ -152,10 +164,10 @@ def run_study(plan: Plan, log: Callable[[str], None] = print) -> dict[str, Any]:
                 adapted = out / dataset / f"{arch}_E2_adapted_{plan.adapt_method}"
                 _train(config, adapted, log)
                 _evaluate(plan, adapted, log)
-        if "baseline" in wanted:
-            log(f"nnunet baseline on {dataset}")
-            baseline = out / dataset / "nnunet_E1_feedforward"
-            _train(run_config(plan, "nnunet", dataset, "feedforward"), baseline, log)
+        for arch in plan.baselines if "baseline" in wanted else ():
+            log(f"{arch} baseline on {dataset}")
+            baseline = out / dataset / f"{arch}_E1_feedforward"
+            _train(run_config(plan, arch, dataset, "feedforward"), baseline, log)
             _evaluate(plan, baseline, log)
 
     outputs: dict[str, Any] = {"out_dir": str(out)}

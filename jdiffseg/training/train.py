@@ -15,6 +15,7 @@ checkpoint untouched.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import sys
@@ -34,6 +35,7 @@ from jdiffseg import diffusion
 from jdiffseg.data import pipeline, prefetch
 from jdiffseg.diffusion import objectives, timesteps
 from jdiffseg.models import build_model, modes
+from jdiffseg.models.pretrained import load_pretrained
 from jdiffseg.runtime import checkpoint, run_dir, runlog, sharding
 from jdiffseg.training import optim, validation
 
@@ -89,6 +91,24 @@ def init_train_state(
         )
 
     return init
+
+
+def start_from_pretrained(config: Any, model: Any, state: TrainState, shardings: Any) -> TrainState:
+    """The fresh ``state`` with the weights ``config.model.pretrained`` names loaded over its
+    parameters, EMA and BatchNorm statistics (the optimiser state of a fresh run does not
+    depend on them)."""
+    variables = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+    log = functools.partial(print, file=sys.stderr)
+    loaded = load_pretrained(config.model, model, variables, log=log)
+    params = jax.tree.map(
+        lambda old, new: np.asarray(new, old.dtype), variables["params"], loaded["params"]
+    )
+    state = state.replace(
+        params=params,
+        batch_stats=loaded.get("batch_stats", {}),
+        ema_params=jax.tree.map(lambda p: p.astype(np.float32), params),
+    )
+    return jax.device_put(state, shardings)
 
 
 # ------------------------------------------------------------------------------ update step
@@ -269,6 +289,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
                 f"the checkpoint in {ckpt.directory} does not fit this config's train state "
                 f"(did config.train change the optimiser, e.g. grad_clip?): {e}"
             ) from e
+    elif config.model.pretrained:
+        state = start_from_pretrained(config, model, state, state_sh)
     step = int(state.step)
     writer = runlog.MetricWriter(workdir, resume_step=step)
     if step:

@@ -41,7 +41,7 @@ def test_study_configs_resolve_from_a_copy_of_the_installed_package(tmp_path):
     assert "resolved lesion nnunet" in result.stdout
 
 
-@pytest.mark.parametrize("arch", ["ensemdiff", "segdiff", "medsegdiff", "nnunet"])
+@pytest.mark.parametrize("arch", ["ensemdiff", "segdiff", "medsegdiff", "nnunet", "segformer"])
 def test_config_files_are_the_recipes(arch):
     arg = "dataset=synthetic,variant=tissue,preset=tiny"
     from_file = parsing.load_config_file(REPO / "configs" / f"{arch}.py", arg)

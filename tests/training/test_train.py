@@ -100,7 +100,7 @@ def test_changed_model_config_refuses_to_resume(trained):
         train.train_and_evaluate(config, str(workdir))
 
 
-@pytest.mark.parametrize("arch", ["ensemdiff", "segdiff", "medsegdiff", "nnunet"])
+@pytest.mark.parametrize("arch", ["ensemdiff", "segdiff", "medsegdiff", "nnunet", "segformer"])
 def test_arch_configs_give_a_train_step_for_every_mode(arch):
     import importlib.util
 
@@ -113,7 +113,7 @@ def test_arch_configs_give_a_train_step_for_every_mode(arch):
     spec = importlib.util.spec_from_file_location(arch, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    modes = ["feedforward"] if arch == "nnunet" else [
+    modes = ["feedforward"] if arch in ("nnunet", "segformer") else [
         "diffusion", "feedforward", "mask_only", "image_generation"]
     batch = {"image": jax.ShapeDtypeStruct((2, 16, 16, 3), jnp.float32),
              "mask": jax.ShapeDtypeStruct((2, 16, 16, 1), jnp.float32)}
