@@ -20,6 +20,7 @@ import ml_collections
 from jdiffseg.analysis import analyze, fingerprint, plots
 from jdiffseg.analysis import results as analysis_results
 from jdiffseg.config import parsing, recipes, schema
+from jdiffseg.data import procedural
 from jdiffseg.evaluation import evaluate, report
 from jdiffseg.runtime import run_dir
 from jdiffseg.training import train
@@ -27,6 +28,8 @@ from jdiffseg.training import train
 EXPERIMENTS = ("E1", "E2", "E3", "E4", "baseline", "adapted")
 MODE_OF = {"E1": "feedforward", "E2": "diffusion", "E3": "mask_only", "E4": "image_generation"}
 SYNTHETIC_VARIANTS = ("lesion", "nuclei", "tissue")
+# flavours with several foreground classes: their runs get data.num_classes set to match
+MULTICLASS_VARIANTS = procedural.MULTICLASS_VARIANTS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +56,7 @@ class Plan:
 
 def dataset_arg(dataset: str) -> str:
     """The config-file argument selecting `dataset` (a synthetic flavour or a real dataset)."""
-    if dataset in SYNTHETIC_VARIANTS:
+    if dataset in SYNTHETIC_VARIANTS + MULTICLASS_VARIANTS:
         return f"dataset=synthetic,variant={dataset}"
     return f"dataset={dataset}"
 
@@ -63,6 +66,8 @@ def run_config(plan: Plan, arch: str, dataset: str, mode: str) -> ml_collections
     mode_arg = "" if arch in recipes.FEEDFORWARD_ONLY else f",mode={mode}"
     arg = f"{dataset_arg(dataset)},preset={plan.preset}{mode_arg}"
     config = recipes.get_config(arch, arg)
+    if dataset in MULTICLASS_VARIANTS:
+        config.data.num_classes = len(procedural.CLASS_NAMES[dataset]) - 1
     config.lock()
     parsing.update(config, plan.overrides)
     return config
@@ -107,7 +112,8 @@ def _analyze(
         image_generation_workdir=str(e4) if e4 else None,
         log=log,
     )
-    fingerprint.write_adapted(result, config, str(e2 / analysis_results.ANALYSIS_DIR))
+    source = analysis_results.adaptation_source(result, config.analysis)
+    fingerprint.write_adapted(source, config, str(e2 / analysis_results.ANALYSIS_DIR))
     return result
 
 
@@ -162,10 +168,12 @@ def run_study(plan: Plan, log: Callable[[str], None] = print) -> dict[str, Any]:
     if {"E1", "E2", "baseline", "adapted"} & wanted:
         outputs["report"] = report.report([out], output=out / "results")
     if fingerprints:
-        labels = list(fingerprints)
+        results, labels = analysis_results.expand_classes(
+            list(fingerprints.values()), list(fingerprints)
+        )
         options = fingerprint.options_from_config(schema.base_config().analysis)
         outputs["fingerprints"] = plots.plot_compare(
-            list(fingerprints.values()),
+            results,
             labels,
             str(out / "fingerprints.png"),
             metric=options["metric"],
@@ -174,6 +182,10 @@ def run_study(plan: Plan, log: Callable[[str], None] = print) -> dict[str, Any]:
         outputs["analysis_dirs"] = [
             str(Path(r.get("workdir", "")) / analysis_results.ANALYSIS_DIR)
             for r in fingerprints.values()
+        ]
+        outputs["class_figures"] = [
+            str(Path(r["workdir"]) / analysis_results.ANALYSIS_DIR / "classes.png")
+            for r in fingerprints.values() if "classes" in r
         ]
     (out / "study.json").write_text(json.dumps(_jsonable(outputs), indent=2))
     return outputs
