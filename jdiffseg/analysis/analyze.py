@@ -4,6 +4,14 @@
         [--image_generation_workdir=runs/ens_e4] [--emit_adapted_config]
     jdiffseg analyze --compare runs/lesion runs/nuclei runs/tissue [--out=fingerprints.png]
 
+Multi-class runs (one-hot masks of C + 1 channels) are analysed per class: x0 becomes class
+probabilities (clipped to [0, 1] and renormalised), its arg-max label map is scored per class
+(Dice, IoU, chance Dice) and the MSE is taken per class channel; the losses stay per image.
+timesteps.json then holds every curve, Δ(t) standard error, mask-prior score and fingerprint
+per foreground class under 'classes', and the top-level curves are their class average;
+`config.analysis.adapt_class` picks the class the adapted diffusion derives from ('' = the
+class average). classes.png has one panel per class; `--compare` overlays classes.
+
 Outputs: DIR/analysis/timesteps.json (mean curves, their std over images, the standard error
 of Δ(t) per metric, the mask prior's Dice/IoU, the fingerprint summary of
 `jdiffseg.analysis.fingerprint`), timesteps.csv (one row per t), loss.png, recovery.png,
@@ -21,6 +29,7 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 
 from jdiffseg.analysis import curves, fingerprint, plots, runs
 from jdiffseg.analysis import results as results_io
@@ -59,7 +68,12 @@ def analyze(
         mask_only_params=mask_only.variables if mask_only else None,
         seed=int(a.seed), chunk_size=int(a.chunk_size),
     )
+    names = runs.class_names(config)
+    per_class: dict[str, dict[str, Any]] = {}
+    if len(names) > 2:
+        per_image, per_class = curves.split_classes(per_image, names[1:])
     mean, std = results_io.summarize_curves(per_image)
+    prior = curves.prior_scores(masks)
     result: dict[str, Any] = {
         "workdir": os.path.abspath(workdir),
         "step": run.step,
@@ -77,7 +91,7 @@ def analyze(
         "curves": mean,
         "std": std,
         "contribution_sem": results_io.contribution_sem(per_image),
-        **curves.prior_scores(masks),
+        **{k: float(np.mean(v)) for k, v in prior.items()},
     }
     if image_generation_workdir:
         gen = runs.load_analysed_run(image_generation_workdir, mode="image_generation", **load)
@@ -97,10 +111,23 @@ def analyze(
         }
     options = fingerprint.options_from_config(a)
     result["fingerprint"] = fingerprint.summary(result, **options)
+    if per_class:
+        result["class_names"] = list(names)
+        result["classes"] = {}
+        for c, (name, class_curves) in enumerate(per_class.items()):
+            c_mean, c_std = results_io.summarize_curves(class_curves)
+            entry = {"curves": c_mean, "std": c_std,
+                     "contribution_sem": results_io.contribution_sem(class_curves),
+                     **{k: float(v[c]) for k, v in prior.items()}}
+            entry["fingerprint"] = fingerprint.summary({**result, **entry}, **options)
+            result["classes"][name] = entry
     if jax.process_index() == 0:
         out_dir = os.path.join(workdir, results_io.ANALYSIS_DIR)
         paths = [*results_io.write_results(result, out_dir),
                  *plots.plot_run(result, out_dir, **options)]
+        if per_class:
+            paths.append(plots.plot_classes(result, os.path.join(out_dir, "classes.png"),
+                                            **options))
         log("wrote " + ", ".join(paths))
     return result
 
@@ -117,6 +144,7 @@ def compare(
     labels = list(labels) if labels else [os.path.basename(os.path.normpath(d)) for d in dirs]
     if len(labels) != len(results):
         raise ValueError(f"{len(labels)} labels for {len(results)} analysed runs")
+    results, labels = results_io.expand_classes(results, labels)
     options = fingerprint.options_from_config(analysis_config)
     table = {lab: fingerprint.summary(r, **options) for lab, r in zip(labels, results, strict=True)}
     figure = plots.plot_compare(

@@ -31,7 +31,7 @@ axis. `looped_curves` runs the same step in a Python loop over t, for checks and
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -43,7 +43,7 @@ from jdiffseg.diffusion import encoding as mask_encoding
 from jdiffseg.diffusion import gaussian, losses, objectives
 from jdiffseg.diffusion.schedules import Schedule
 from jdiffseg.runtime import sharding
-from jdiffseg.scoring import metrics
+from jdiffseg.scoring import metrics, multiclass
 
 # (variables, x_t, t as the network sees it, image or None) -> the network's output dict.
 ApplyFn = Callable[[Any, jax.Array, jax.Array, jax.Array | None], dict[str, jax.Array]]
@@ -149,17 +149,47 @@ def segmentation_step(
         for name, model, variables, image in calls:
             outputs = model(variables, x_t, tb, image)
             pred = model.pred_x0(schedule, outputs["out"], x_t, tb)
-            prob = mask_encoding.decode_mask(pred, encoding, clip=True)
-            metrics_t[f"mse_{name}"] = losses.mean_flat(jnp.square(prob - mask))
-            metrics_t[f"dice_{name}"] = metrics.dice(prob, mask)
-            metrics_t[f"iou_{name}"] = metrics.iou(prob, mask)
-            metrics_t[f"chance_dice_{name}"] = metrics.dice(prob, other)
+            scores = recovery_scores if mask.shape[-1] == 1 else class_recovery_scores
+            for key, value in scores(pred, mask, other, encoding).items():
+                metrics_t[f"{key}_{name}"] = value
             terms = model.loss_terms(schedule, outputs, x0, x_t, tb, noise, mask)
             metrics_t[f"loss_{name}"] = terms["loss"]
             metrics_t[f"target_mse_{name}"] = terms["target_mse"]
         return metrics_t
 
     return step
+
+
+def recovery_scores(
+    pred: jax.Array, mask: jax.Array, other: jax.Array, encoding: str
+) -> dict[str, jax.Array]:
+    """x0 MSE, Dice, IoU and chance Dice (against `other`) of a predicted one-channel x0,
+    read as a probability (decoded and clipped), each (N,)."""
+    prob = mask_encoding.decode_mask(pred, encoding, clip=True)
+    return {
+        "mse": losses.mean_flat(jnp.square(prob - mask)),
+        "dice": metrics.dice(prob, mask),
+        "iou": metrics.iou(prob, mask),
+        "chance_dice": metrics.dice(prob, other),
+    }
+
+
+def class_recovery_scores(
+    pred: jax.Array, mask: jax.Array, other: jax.Array, encoding: str
+) -> dict[str, jax.Array]:
+    """The same per foreground class, each (N, C): MSE of each class channel's probability,
+    Dice / IoU / chance Dice of the arg-max label map, one class against the rest."""
+    prob = mask_encoding.class_probabilities(pred, encoding)
+    k = prob.shape[-1]
+    labels = multiclass.predict(prob)
+    conf = multiclass.confusion_matrix(labels, jnp.argmax(mask, -1), k)
+    chance = multiclass.confusion_matrix(labels, jnp.argmax(other, -1), k)
+    return {
+        "mse": jnp.mean(jnp.square(prob - mask), axis=(1, 2))[:, 1:],
+        "dice": multiclass.dice_from_confusion(conf)[:, 1:],
+        "iou": multiclass.iou_from_confusion(conf)[:, 1:],
+        "chance_dice": multiclass.dice_from_confusion(chance)[:, 1:],
+    }
 
 
 def generation_step(gen: Denoiser, schedule: Schedule) -> StepFn:
@@ -226,14 +256,19 @@ def fixed_noise(seed: int, count: int, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def segmentation_data(images: np.ndarray, masks: np.ndarray, seed: int) -> dict[str, np.ndarray]:
-    """Host arrays for `segmentation_step`: images, {0, 1} masks, shifted masks, fixed noise."""
+    """Host arrays for `segmentation_step`: images, {0, 1} masks (or one-hot masks, checked),
+    shifted masks, fixed noise."""
     images = np.asarray(images, np.float32)
-    masks = (np.asarray(masks, np.float32) > 0.5).astype(np.float32)
-    if images.ndim != 4 or masks.ndim != 4 or masks.shape[-1] != 1:
+    masks = np.asarray(masks, np.float32)
+    if images.ndim != 4 or masks.ndim != 4:
         raise ValueError(
-            f"analysis: need images (N, H, W, C) and masks (N, H, W, 1), got {images.shape} "
-            f"and {masks.shape}"
+            f"analysis: need images (N, H, W, C) and masks (N, H, W, 1) or one-hot "
+            f"(N, H, W, C + 1), got {images.shape} and {masks.shape}"
         )
+    if masks.shape[-1] == 1:
+        masks = (masks > 0.5).astype(np.float32)
+    else:
+        mask_encoding.check_one_hot(masks, "analysis masks")
     if images.shape[:3] != masks.shape[:3]:
         raise ValueError(f"analysis: images {images.shape} and masks {masks.shape} differ")
     return {
@@ -313,11 +348,35 @@ def compute_generation_curves(
     return fetch_curves(run(params, data, jnp.asarray(timesteps)), n)
 
 
-def prior_scores(masks: np.ndarray) -> dict[str, float]:
-    """Dice/IoU of the mask prior (pixel-wise mean mask > 0.5) against each mask, averaged."""
-    masks = (np.asarray(masks, np.float32) > 0.5).astype(np.float32)
+def prior_scores(masks: np.ndarray) -> dict[str, Any]:
+    """Dice/IoU of the mask prior (pixel-wise mean mask > 0.5; for one-hot masks the arg-max
+    of the mean) against each mask, averaged over masks; per foreground class, (C,), for
+    one-hot masks."""
+    masks = np.asarray(masks, np.float32)
+    if masks.shape[-1] > 1:
+        k = masks.shape[-1]
+        prior = np.broadcast_to(np.argmax(masks.mean(axis=0), -1), masks.shape[:-1])
+        conf = multiclass.confusion_matrix(jnp.asarray(prior), jnp.argmax(masks, -1), k)
+        return {
+            "prior_dice": np.mean(multiclass.dice_from_confusion(conf), 0)[1:],
+            "prior_iou": np.mean(multiclass.iou_from_confusion(conf), 0)[1:],
+        }
+    masks = (masks > 0.5).astype(np.float32)
     prior = np.broadcast_to(masks.mean(axis=0, keepdims=True), masks.shape)
     return {
         "prior_dice": float(np.mean(metrics.dice(prior, masks))),
         "prior_iou": float(np.mean(metrics.iou(prior, masks))),
     }
+
+
+def split_classes(
+    per_image: Mapping[str, np.ndarray], class_names: Sequence[str]
+) -> tuple[dict[str, np.ndarray], dict[str, dict[str, np.ndarray]]]:
+    """Per-class curves (K, N, C) of a multi-class analysis -> (class average, {class name:
+    curves}); per-image curves (K, N), the losses, go unchanged into both."""
+    average = {k: v.mean(-1) if v.ndim == 3 else v for k, v in per_image.items()}
+    per_class = {
+        name: {k: v[..., c] if v.ndim == 3 else v for k, v in per_image.items()}
+        for c, name in enumerate(class_names)
+    }
+    return average, per_class

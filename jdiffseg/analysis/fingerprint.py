@@ -228,6 +228,8 @@ def write_adapted(
     opts = {**options_from_config(a), "floor": float(a.adapt_floor)}
     table: dict[str, Any] = {"source": result.get("path") or result.get("workdir"), **opts,
                              "methods": {}}
+    if "derived_from" in result:  # a multi-class run: which class (or their average)
+        table["derived_from"] = result["derived_from"]
     paths = []
     os.makedirs(out_dir, exist_ok=True)
     for method in METHODS:

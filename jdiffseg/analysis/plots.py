@@ -161,6 +161,37 @@ def plot_run(
     ]
 
 
+def plot_classes(
+    result: Mapping[str, Any], path: str, *, metric: str = "mse", reference: str = "blank",
+    fraction: float = 0.1,
+) -> str:
+    """A multi-class run, one column per foreground class: Dice of the arg-max x0 per variant
+    (top) and Δ(t) of `metric` with a band of ±2 standard errors over images (bottom)."""
+    names = list(result["classes"])
+    fig = Figure(figsize=(4.0 * len(names), 6.4), dpi=DPI)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(2, len(names), squeeze=False)
+    x = _t_fraction(result)
+    for col, name in enumerate(names):
+        entry = {**result, **result["classes"][name]}
+        top, bottom = axes[0, col], axes[1, col]
+        for v in _variants(entry):
+            top.plot(x, entry["curves"][f"dice_{v}"], **_STYLE[v])
+        top.set(title=name, xlabel="t / (T-1)", ylabel="Dice of arg-max x0", ylim=(-0.02, 1.02))
+        _, delta = fingerprint.contribution(entry, metric, reference)
+        band = fingerprint.SIGNIFICANCE * np.asarray(
+            entry["contribution_sem"].get(f"{metric}_{reference}", np.zeros_like(delta)))
+        bottom.plot(x, delta, color="C3")
+        bottom.fill_between(x, delta - band, delta + band, color="C3", alpha=0.15)
+        bottom.axhline(0.0, color="k", lw=0.5)
+        half = entry["fingerprint"].get("half_life_image")
+        if half is not None:
+            top.axvline(half, color="grey", ls=":", lw=1, label="half-life (image)")
+        bottom.set(xlabel="t / (T-1)", ylabel=f"Δ {metric} (image - {reference})")
+        top.legend(fontsize=7)
+    return _save(fig, path)
+
+
 def plot_compare(
     results: Sequence[Mapping[str, Any]],
     labels: Sequence[str],

@@ -5,9 +5,10 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import ml_collections
 import numpy as np
 
 RESULT_FILE = "timesteps.json"
@@ -72,3 +73,41 @@ def load_results(path: str) -> dict[str, Any]:
         f"no {RESULT_FILE} at {path!r} (looked in {', '.join(candidates[1:])}); "
         f"run `jdiffseg analyze --workdir={path}` first"
     )
+
+
+def class_result(result: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """The analysis result of one class of a multi-class run, shaped like a binary run's."""
+    if name not in result.get("classes", {}):
+        have = sorted(result.get("classes", {})) or "none (not a multi-class analysis)"
+        raise KeyError(f"{result.get('path') or result.get('workdir')}: no class {name!r}; "
+                       f"classes: {have}")
+    rest = {k: v for k, v in result.items() if k != "classes"}
+    return {**rest, **result["classes"][name], "class": name}
+
+
+def adaptation_source(
+    result: Mapping[str, Any], analysis_config: ml_collections.ConfigDict
+) -> dict[str, Any]:
+    """The result adapted diffusion derives from: a multi-class run's class average, or the
+    class `analysis.adapt_class` names; marked with 'derived_from'."""
+    chosen = str(analysis_config.get("adapt_class", ""))
+    if "classes" not in result:
+        if chosen:
+            raise ValueError(f"config.analysis.adapt_class={chosen!r}: the analysed run has one "
+                             "foreground class; leave it empty")
+        return dict(result)
+    if not chosen:
+        return {**result, "derived_from": "the average over the foreground classes"}
+    return {**class_result(result, chosen), "derived_from": f"class {chosen!r}"}
+
+
+def expand_classes(
+    results: Sequence[Mapping[str, Any]], labels: Sequence[str]
+) -> tuple[list[Mapping[str, Any]], list[str]]:
+    """Multi-class results expanded into one entry per class, labelled 'label/class'."""
+    out, out_labels = [], []
+    for result, label in zip(results, labels, strict=True):
+        names = list(result.get("classes", {}))
+        out += [class_result(result, n) for n in names] or [result]
+        out_labels += [f"{label}/{n}" for n in names] or [label]
+    return out, out_labels

@@ -10,11 +10,13 @@ import ml_collections
 import numpy as np
 
 from jdiffseg.analysis.curves import Denoiser, denoiser_from_config
-from jdiffseg.data.pipeline import make_loader
+from jdiffseg.data.builders.common import BINARY_CLASSES
+from jdiffseg.data.pipeline import class_names_of, make_loader
 from jdiffseg.diffusion import schedules
 from jdiffseg.diffusion.schedules import Schedule
 from jdiffseg.models import build_model
 from jdiffseg.runtime import run_dir, variables
+from jdiffseg.scoring import predictors
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +48,8 @@ def load_analysed_run(
             f"{run_dir.config_path(workdir)}: model.mode is {config.model.mode!r}; "
             f"the analysis needs a {mode!r} run there"
         )
-    model = build_model(config.model, image_channels=image_shape[-1], mask_channels=1)
+    model = build_model(config.model, image_channels=image_shape[-1],
+                        mask_channels=predictors.mask_channels(config))
     params, meta = variables.restore(
         workdir, config, model, image_shape, which=checkpoint, use_ema=use_ema
     )
@@ -76,6 +79,13 @@ def check_same_process(a: AnalysedRun, b: AnalysedRun) -> None:
             f"from {a.workdir}'s ({da.schedule}, T={da.num_timesteps}); the mask-only run "
             f"must use the same schedule"
         )
+
+
+def class_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """The run's class names (background first): its dataset's for a multi-class run."""
+    if int(config.data.get("num_classes", 1)) == 1:
+        return BINARY_CLASSES
+    return class_names_of(config)
 
 
 def load_images(config: ml_collections.ConfigDict) -> tuple[np.ndarray, np.ndarray]:

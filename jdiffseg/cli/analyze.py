@@ -89,9 +89,12 @@ def main(argv: list[str]) -> int:
                                  mask_only_workdir=fv.mask_only_workdir,
                                  image_generation_workdir=fv.image_generation_workdir)
     print(fingerprint.format_summary(result["fingerprint"]))
+    for name, entry in result.get("classes", {}).items():
+        print(f"{name}: {fingerprint.format_summary(entry['fingerprint'])}")
     if fv.emit_adapted_config and jax.process_index() == 0:
         out_dir = os.path.join(fv.workdir, results_io.ANALYSIS_DIR)
-        paths, table = fingerprint.write_adapted(result, config.value, out_dir)
+        source = results_io.adaptation_source(result, config.value.analysis)
+        paths, table = fingerprint.write_adapted(source, config.value, out_dir)
         for method, overrides in table["methods"].items():
             if "error" in overrides:
                 print(f"adapted {method}: not derived: {overrides['error']}")

@@ -22,8 +22,8 @@ COMMANDS = {
 
 def _flags() -> flags.FlagValues:
     fv = flags.FlagValues()
-    flags.DEFINE_string("variant", None, "synthetic: lesion|nuclei|tissue; folder: a label naming "
-                        "the stored data (default: custom)", flag_values=fv)
+    flags.DEFINE_string("variant", None, "synthetic: lesion|nuclei|tissue|organs; folder: a "
+                        "label naming the stored data (default: custom)", flag_values=fv)
     flags.DEFINE_integer("image_size", None, "square size in px (default 64 for synthetic, "
                          "else 256)", flag_values=fv)
     flags.DEFINE_string("data_dir", None, "where prepared data lives (default: TFDS's)",

@@ -21,7 +21,8 @@ def main(argv: list[str]) -> int:
         "out_dir", "runs/demo", "where the runs, table and figures go", flag_values=fv
     )
     flags.DEFINE_enum(
-        "variant", "lesion", ["lesion", "nuclei", "tissue"], "synthetic flavour", flag_values=fv
+        "variant", "lesion", ["lesion", "nuclei", "tissue", "organs"],
+        "synthetic flavour (organs: three foreground classes)", flag_values=fv
     )
     flags.DEFINE_string("arch", "ensemdiff", "ensemdiff | segdiff | medsegdiff", flag_values=fv)
     cli_flags.parse_flags(fv, "demo", argv)
@@ -42,4 +43,5 @@ def main(argv: list[str]) -> int:
 def _figures(outputs: dict) -> list[str]:
     paths = [outputs.get("fingerprints")]
     paths += [f"{d}/recovery.png" for d in outputs.get("analysis_dirs", [])]
+    paths += outputs.get("class_figures", [])
     return [p for p in paths if p]

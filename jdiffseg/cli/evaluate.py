@@ -62,6 +62,7 @@ def main(argv: list[str]) -> int:
     line = ", ".join(
         f"{k} {stats.format_summary(summary[k])}" for k in ("dice", "iou") if k in summary)
     d = results["dataset"]
+    other = "ece_foreground" if "ece_foreground" in d else "ece_classwise"
     print(f"{results['num_images']} images: {line}; ECE top-label {d['ece_top_label']:.4f}, "
-          f"foreground {d['ece_foreground']:.4f}; wrote {results['files']['metrics']}")
+          f"{other.removeprefix('ece_')} {d[other]:.4f}; wrote {results['files']['metrics']}")
     return 0

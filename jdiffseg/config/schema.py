@@ -18,6 +18,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict()
     c.data.name = "synthetic"  # synthetic | isic2016 | monuseg | her2 | folder
     c.data.variant = "lesion"  # synthetic: lesion | nuclei | tissue; folder: a label for the data
+    c.data.num_classes = 1  # foreground classes; >= 2: label maps, one-hot masks (C + 1 channels)
     c.data.image_size = 64
     c.data.data_dir = ""  # prepared datasets; '' = the TFDS default (~/tensorflow_datasets)
     c.data.manual_dir = ""  # real datasets' original archives; '' = <data_dir>/downloads/manual
@@ -153,4 +154,5 @@ def base_config() -> ml_collections.ConfigDict:
     c.analysis.adapt_reference = "blank"  # blank | mask_only: "without the image"
     c.analysis.adapt_fraction = 0.1  # range: timesteps where Δ(t) >= fraction · max Δ
     c.analysis.adapt_floor = 0.1  # weights/schedule: min weight relative to the peak of Δ
+    c.analysis.adapt_class = ""  # multi-class runs: adapt to this class; '' = the class average
     return c

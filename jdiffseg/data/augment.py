@@ -1,8 +1,9 @@
 """Training augmentation in NumPy: one geometry for image and mask, colour only on the image.
 
 Geometric ops (random resized crop, flips, 90° rotations) transform the image and mask with the
-same parameters and the same interpolation, and the mask is re-thresholded, so it stays binary
-and aligned. Colour jitter (brightness, contrast, saturation, hue) touches the image only.
+same parameters; a binary mask is resampled bilinearly and re-thresholded, a multi-class label
+map by nearest neighbour, so both keep exact labels and stay aligned. Colour jitter
+(brightness, contrast, saturation, hue) touches the image only.
 """
 
 from __future__ import annotations
@@ -23,17 +24,20 @@ _YIQ2RGB = np.linalg.inv(_RGB2YIQ).astype(np.float32)
 class AugmentConfig:
     """flip: random horizontal and vertical flips; rot90: random multiple of 90°; crop_scale:
     minimum area fraction of the random resized crop (1.0 = off); color_jitter: strength s of
-    brightness/contrast/saturation factors in [1-s, 1+s] and a hue shift up to s/4 turn."""
+    brightness/contrast/saturation factors in [1-s, 1+s] and a hue shift up to s/4 turn;
+    label_map: the mask is a multi-class label map (nearest-neighbour resampling)."""
 
     flip: bool = True
     rot90: bool = True
     crop_scale: float = 1.0
     color_jitter: float = 0.0
+    label_map: bool = False
 
     @classmethod
-    def from_config(cls, augment: ml_collections.ConfigDict) -> AugmentConfig:
+    def from_config(cls, augment: ml_collections.ConfigDict, *, label_map: bool = False
+                    ) -> AugmentConfig:
         cfg = cls(bool(augment.flip), bool(augment.rot90), float(augment.crop_scale),
-                  float(augment.color_jitter))
+                  float(augment.color_jitter), label_map)
         if not 0.0 < cfg.crop_scale <= 1.0:
             raise ValueError(f"config.data.augment.crop_scale={cfg.crop_scale}: need 0 < it <= 1")
         if not 0.0 <= cfg.color_jitter < 1.0:
@@ -43,9 +47,11 @@ class AugmentConfig:
 
 
 def random_resized_crop(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
-                        min_scale: float) -> tuple[np.ndarray, np.ndarray]:
+                        min_scale: float, label_map: bool = False
+                        ) -> tuple[np.ndarray, np.ndarray]:
     """Crops a random box (area fraction in [min_scale, 1], aspect in [3/4, 4/3]) and resizes it
-    back to the input size, bilinearly for both image and mask (mask thresholded at 0.5)."""
+    back to the input size, bilinearly for the image and a binary mask (thresholded at 0.5),
+    by nearest neighbour for a label map."""
     h, w = mask.shape[:2]
     area = rng.uniform(min_scale, 1.0) * h * w
     ratio = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
@@ -54,6 +60,10 @@ def random_resized_crop(image: np.ndarray, mask: np.ndarray, rng: np.random.Gene
     box = (x0, y0, x0 + cw, y0 + ch)
     bilinear = Image.Resampling.BILINEAR
     image = np.asarray(Image.fromarray(image).resize((w, h), bilinear, box=box))
+    if label_map:
+        nearest = Image.Resampling.NEAREST
+        return image, np.asarray(Image.fromarray(mask[..., 0]).resize((w, h), nearest, box=box)
+                                 )[..., None]
     grey = Image.fromarray(mask[..., 0] * np.uint8(255)).resize((w, h), bilinear, box=box)
     return image, (np.asarray(grey) >= 128).astype(np.uint8)[..., None]
 
@@ -82,7 +92,7 @@ def augment(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
             cfg: AugmentConfig) -> tuple[np.ndarray, np.ndarray]:
     """uint8 image (H,W,3) and mask (H,W,1) -> float32 image in [0, 255] and uint8 mask."""
     if cfg.crop_scale < 1.0:
-        image, mask = random_resized_crop(image, mask, rng, cfg.crop_scale)
+        image, mask = random_resized_crop(image, mask, rng, cfg.crop_scale, cfg.label_map)
     if cfg.flip:
         if rng.random() < 0.5:
             image, mask = image[:, ::-1], mask[:, ::-1]

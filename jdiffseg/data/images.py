@@ -7,6 +7,7 @@ can be found without a debugger.
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 
 import numpy as np
 import tifffile
@@ -125,6 +126,29 @@ def decode_mask(data: bytes, name: str) -> tuple[np.ndarray, str | None]:
     return binarise_mask(_decode(data, name), name)
 
 
+def decode_label_map(data: bytes, name: str, values: Sequence[int]) -> np.ndarray:
+    """Decodes a label-map mask whose pixel `values[k]` means class k: uint8 (H, W) in
+    {0 … len(values) - 1}. A value not in `values` raises naming the file and the values."""
+    arr = _decode(data, name)
+    if arr.ndim == 3:
+        if arr.shape[-1] > 1 and not (arr == arr[..., :1]).all():
+            raise DataError(f"label map {name} has differing colour channels (shape {arr.shape}); "
+                            "expected one value per pixel")
+        arr = arr[..., 0]
+    if arr.ndim != 2:
+        raise DataError(f"label map {name} has shape {arr.shape}; expected (H, W)")
+    found = np.unique(arr)
+    undeclared = [v.item() for v in found if v not in set(values)]
+    if undeclared:
+        raise DataError(f"label map {name} has value(s) {undeclared} that classes.json does not "
+                        f"declare (declared: {list(values)})")
+    lookup = np.zeros(int(found.max(initial=0)) + 1, np.uint8)
+    for k, v in enumerate(values):
+        if v < lookup.size:
+            lookup[v] = k
+    return lookup[arr.astype(np.int64)]
+
+
 def report_note(note: str | None, name: str) -> None:
     """Logs how a non-standard mask was binarised."""
     if note:
@@ -139,6 +163,14 @@ def resize_image(image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     shrink = h <= image.shape[0] and w <= image.shape[1]
     resample = Image.Resampling.BOX if shrink else Image.Resampling.BILINEAR
     return np.asarray(Image.fromarray(image).resize((w, h), resample))
+
+
+def resize_labels(labels: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """Resizes a uint8 label map by nearest neighbour, so every pixel keeps a declared label."""
+    h, w = (size, size) if isinstance(size, int) else size
+    if labels.shape[:2] == (h, w):
+        return labels
+    return np.asarray(Image.fromarray(labels).resize((w, h), Image.Resampling.NEAREST))
 
 
 def resize_mask(mask: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:

@@ -12,6 +12,8 @@ rows have `valid == 0` and `index == -1`.
 
 Every batch is {'image': float32 (b,H,W,3) in [-1,1], 'mask': float32 (b,H,W,1) in {0,1},
 'valid': float32 (b,), 'index': int32 (b,) record index in the split}, b the per-process batch.
+With `config.data.num_classes` = C >= 2 the stored label maps become one-hot masks
+(b,H,W,C+1), background first; C must match the class names the dataset declares.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from absl import flags
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jdiffseg.data.augment import AugmentConfig, augment
+from jdiffseg.data.builders.common import class_names
 from jdiffseg.data.config import resolve
 from jdiffseg.data.registry import build_dataset, make_builder
 
@@ -70,12 +73,23 @@ class Augment(grain.transforms.RandomMap):
 
 
 class Normalise(grain.transforms.Map):
-    """uint8/float [0, 255] image -> float32 [-1, 1]; mask -> float32 {0, 1}; adds `valid`."""
+    """uint8/float [0, 255] image -> float32 [-1, 1]; mask -> float32 {0, 1} (one-hot over
+    C + 1 channels when `num_classes` = C >= 2); adds `valid`."""
+
+    def __init__(self, num_classes: int = 1):
+        self.num_classes = num_classes
 
     def map(self, row: dict[str, Any]) -> dict[str, Any]:
+        mask = np.asarray(row["mask"])
+        if self.num_classes > 1:
+            if mask.max(initial=0) > self.num_classes:
+                raise ValueError(
+                    f"record {int(row['index'])}: label {int(mask.max())} exceeds "
+                    f"config.data.num_classes={self.num_classes}")
+            mask = np.eye(self.num_classes + 1, dtype=np.float32)[mask[..., 0]]
         return {
             "image": np.asarray(row["image"], np.float32) / np.float32(127.5) - np.float32(1.0),
-            "mask": np.asarray(row["mask"], np.float32),
+            "mask": np.asarray(mask, np.float32),
             "valid": np.float32(row["index"] >= 0),
             "index": row["index"],
         }
@@ -102,15 +116,36 @@ def eval_indices(n: int, shard: tuple[int, int], batch: int) -> np.ndarray:
     return np.concatenate([own, np.full(length - len(own), -1, np.int64)])
 
 
+def check_num_classes(data: ml_collections.ConfigDict, info: Any) -> None:
+    """Raises unless `data.num_classes` equals the foreground classes the dataset declares."""
+    names = class_names(info)
+    want = int(data.num_classes)
+    if want != len(names) - 1:
+        raise ValueError(
+            f"config.data.num_classes={want} but dataset {data.name!r} ({info.full_name}) "
+            f"declares {len(names) - 1} foreground class(es) {list(names[1:])}; set "
+            f"--config.data.num_classes={len(names) - 1}")
+
+
 def data_source(config: ml_collections.ConfigDict, split: str) -> Any:
-    """Random-access source of a prepared split (prepared first if needed)."""
-    data = config.data
+    """Random-access source of a prepared split (prepared first if needed), checked to have
+    the classes `config.data.num_classes` says."""
+    data = resolve(config.data)
     builder = make_builder(data)
     if not builder.is_prepared():
         builder = build_dataset(config)
+    check_num_classes(data, builder.info)
     if split not in builder.info.splits:
         raise ValueError(f"{data.name}: no split {split!r}; have {list(builder.info.splits)}")
     return builder.as_data_source(split)
+
+
+def class_names_of(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """The class names of the (prepared) dataset `config.data` names, background first."""
+    builder = make_builder(config.data)
+    if not builder.is_prepared():
+        builder = build_dataset(config)
+    return class_names(builder.info)
 
 
 def make_loader(config: ml_collections.ConfigDict, split: str, *, train: bool, seed: int,
@@ -130,14 +165,15 @@ def make_loader(config: ml_collections.ConfigDict, split: str, *, train: bool, s
             num_records=len(source), shuffle=True, num_epochs=None, seed=seed,
             shard_options=grain.sharding.ShardOptions(shard[0], shard[1], drop_remainder=True))
         rows = IndexedSource(source, np.arange(len(source)))
-        ops = [Augment(AugmentConfig.from_config(data.augment))]
+        label_map = int(data.num_classes) > 1
+        ops = [Augment(AugmentConfig.from_config(data.augment, label_map=label_map))]
     else:
         batch = per_process_batch(int(data.eval_batch_size), shard[1])
         rows = IndexedSource(source, eval_indices(len(source), shard, batch))
         sampler = grain.samplers.IndexSampler(num_records=len(rows), shuffle=False, num_epochs=1,
                                               seed=seed)
         ops = []
-    ops += [Normalise(), grain.transforms.Batch(batch, drop_remainder=train)]
+    ops += [Normalise(int(data.num_classes)), grain.transforms.Batch(batch, drop_remainder=train)]
     if int(data.num_workers) > 0 and not flags.FLAGS.is_parsed():
         # grain's worker processes read absl flags; outside an absl app (tests, notebooks) use
         # their defaults instead of failing.

@@ -6,6 +6,9 @@
   pale nuclei among dark ones and red-blood-cell distractors (MoNuSeg).
 - `tissue`: irregular large regions with ragged, textured borders in brown stain on a blue
   counterstained background with unstained gaps (HER2 immunohistochemistry).
+- `organs` (multi-class, a label map over {0 … 3}): a large smooth faint region (class 1), a
+  medium structure of moderate contrast inside it (class 2) and many small, sharp, dark spots
+  anywhere (class 3): three scales and visibilities in one image.
 
 The image informs the mask only through colour and texture contrast that varies per example and
 is degraded by soft boundaries, noise and blur, so a segmenter must learn it (a per-pixel colour
@@ -19,7 +22,16 @@ import zlib
 
 import numpy as np
 
-VARIANTS = ("lesion", "nuclei", "tissue")
+VARIANTS = ("lesion", "nuclei", "tissue")  # binary: masks in {0, 1}
+MULTICLASS_VARIANTS = ("organs",)  # label maps over {0 … C}
+ALL_VARIANTS = VARIANTS + MULTICLASS_VARIANTS
+# Class names (index = label value) of every variant; binary ones have one foreground class.
+CLASS_NAMES = {
+    "lesion": ("background", "lesion"),
+    "nuclei": ("background", "nucleus"),
+    "tissue": ("background", "tumour"),
+    "organs": ("background", "organ", "core", "spots"),
+}
 # Foreground-fraction ranges each variant guarantees (tests check them).
 FG_RANGE = {"lesion": (0.10, 0.40), "nuclei": (0.10, 0.25), "tissue": (0.20, 0.70)}
 
@@ -218,12 +230,53 @@ def tissue(size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]
     return _finish(rng, img, s), mask.astype(np.uint8)
 
 
-_GENERATORS = {"lesion": lesion, "nuclei": nuclei, "tissue": tissue}
+def _spots(size: int, rng: np.random.Generator, n: int, s: float) -> np.ndarray:
+    """Boolean union of n small discs (radius 1.2-2 px at 64 px, never below one pixel)."""
+    yy, xx = _grid(size)
+    centres = rng.uniform(0, size, (n, 2))
+    radii = np.maximum(rng.uniform(1.2, 2.0, n) * s, 1.0)
+    d2 = (yy[None] - centres[:, :1, None]) ** 2 + (xx[None] - centres[:, 1:, None]) ** 2
+    return np.any(d2 < radii[:, None, None] ** 2, axis=0)
+
+
+def organs(size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Three classes: returns (uint8 image (S,S,3), uint8 label map (S,S) in {0 … 3}).
+
+    1 organ: one large smooth region (25-45 % of the image), faint (a small brightness change
+    under a soft boundary); 2 core: a medium blob inside the organ, of moderate contrast and a
+    different hue; 3 spots: 15-30 (at 64 px; fewer below) small dark discs anywhere, sharp and
+    of high contrast. A higher class is painted over a lower one.
+    """
+    s = size / 64.0
+    cy, cx = size * (0.5 + rng.uniform(-0.08, 0.08, 2))
+    radius = size * np.sqrt(rng.uniform(0.28, 0.4) / np.pi)
+    organ = _blob(size, rng, cy, cx, radius, 0.4)
+    dy, dx = radius * rng.uniform(-0.25, 0.25, 2)
+    core = _blob(size, rng, cy + dy, cx + dx, radius * rng.uniform(0.35, 0.5), 0.3) & organ
+    spots = _spots(size, rng, max(int(rng.integers(15, 31) * min(s, 1.0)), 3), s)
+    labels = np.zeros((size, size), np.uint8)
+    labels[organ], labels[core], labels[spots] = 1, 2, 3
+
+    base = _colour(rng, (120, 120, 125), (160, 155, 160))
+    img = base + 12.0 * _noise(rng, (size, size, 1), 0.8 * s) + 10.0 * _noise(
+        rng, (size, size, 1), size / 5)
+    organ_alpha = _blur(organ.astype(np.float32), rng.uniform(2.0, 3.0) * s)
+    img = img + rng.uniform(18.0, 30.0) * organ_alpha[..., None]
+    core_alpha = _blur(core.astype(np.float32), rng.uniform(0.8, 1.5) * s)
+    tint = base * _colour(rng, (1.15, 0.8, 0.75), (1.3, 0.95, 0.9))
+    img = _compose(img, tint, rng.uniform(0.35, 0.55) * core_alpha)
+    img = _compose(img, _colour(rng, (25, 25, 40), (55, 50, 70)), 0.9 * spots)
+    return _finish(rng, img, s), labels
+
+
+_GENERATORS = {"lesion": lesion, "nuclei": nuclei, "tissue": tissue, "organs": organs}
 
 
 def generate(variant: str, size: int, seed: int, split: str, index: int
              ) -> tuple[np.ndarray, np.ndarray]:
-    """One deterministic example: (uint8 image (S,S,3), uint8 mask (S,S) in {0,1})."""
+    """One deterministic example: (uint8 image (S,S,3), uint8 mask (S,S)); the mask is in
+    {0, 1} for the binary variants and a label map for the multi-class ones."""
     if variant not in _GENERATORS:
-        raise ValueError(f"unknown synthetic variant {variant!r}; expected one of {VARIANTS}")
+        raise ValueError(
+            f"unknown synthetic variant {variant!r}; expected one of {ALL_VARIANTS}")
     return _GENERATORS[variant](size, example_rng(variant, seed, split, index))

@@ -7,7 +7,8 @@
   timestep weight. MedSegDiff's calibration head adds `cal_loss_weight` × MSE(sigmoid cal, mask).
 * ``feedforward`` (E1): x_t is all zeros and t = `config.train.feedforward_t`; the output is
   mask logits; soft Dice + binary cross-entropy (plus the calibration loss when a 'cal' head
-  exists).
+  exists). With one-hot multi-class masks (C + 1 channels): softmax, soft Dice averaged over
+  the foreground classes + cross-entropy over all classes, as nnU-Net trains.
 * ``mask_only`` (E3): no image; squared error of the x0 implied by the output (under the
   configured prediction target) against the encoded mask, plus VB when learned.
 * ``image_generation`` (E4): the diffusion objective on the images themselves, no condition.
@@ -91,6 +92,23 @@ def soft_dice_loss(logits: jax.Array, mask01: jax.Array) -> jax.Array:
     return 1.0 - (2.0 * inter + DICE_SMOOTH) / (denom + DICE_SMOOTH)
 
 
+def softmax_dice_loss(logits: jax.Array, onehot: jax.Array) -> jax.Array:
+    """Per-image 1 - soft Dice of softmax(logits) against one-hot masks (B, H, W, C + 1),
+    averaged over the foreground classes 1 … C (smoothed by 1 per class)."""
+    p = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    axes = tuple(range(1, p.ndim - 1))
+    inter = jnp.sum(p * onehot, axis=axes)
+    denom = jnp.sum(p, axis=axes) + jnp.sum(onehot, axis=axes)
+    dice = (2.0 * inter + DICE_SMOOTH) / (denom + DICE_SMOOTH)
+    return 1.0 - jnp.mean(dice[:, 1:], axis=-1)
+
+
+def softmax_ce_loss(logits: jax.Array, onehot: jax.Array) -> jax.Array:
+    """Per-image mean cross-entropy of softmax(logits) against one-hot masks."""
+    ce = optax.softmax_cross_entropy(logits.astype(jnp.float32), onehot)
+    return diffusion.mean_flat(ce)
+
+
 def bce_loss(logits: jax.Array, mask01: jax.Array) -> jax.Array:
     """Per-image mean binary cross-entropy with logits."""
     ce = optax.sigmoid_binary_cross_entropy(logits.astype(jnp.float32), mask01)
@@ -135,7 +153,8 @@ def make_loss_fn(
 ) -> LossFn:
     """`loss_fn(params, batch_stats, batch, key, ts_state, train) -> (loss, aux)`.
 
-    `batch` holds 'image' (B, H, W, C) in [-1, 1] and 'mask' (B, H, W, 1) in {0, 1}. `aux` has
+    `batch` holds 'image' (B, H, W, C) in [-1, 1] and 'mask' (B, H, W, 1) in {0, 1} (or
+    one-hot (B, H, W, C + 1); every diffusion term then works per channel). `aux` has
     'metrics' (scalars), 'batch_stats' (updated when training a BatchNorm model), 't' and
     'per_example' (the unweighted per-example loss, fed to the importance sampler).
     """
@@ -168,10 +187,13 @@ def make_loss_fn(
                 params, batch_stats, jnp.zeros_like(mask01), t, image, model_key, train
             )
             logits = out["out"][..., : mask01.shape[-1]]
-            dice_l, bce_l = soft_dice_loss(logits, mask01), bce_loss(logits, mask01)
-            per_example = dice_l + bce_l
+            if mask01.shape[-1] == 1:
+                dice_l, ce_l = soft_dice_loss(logits, mask01), bce_loss(logits, mask01)
+            else:
+                dice_l, ce_l = softmax_dice_loss(logits, mask01), softmax_ce_loss(logits, mask01)
+            per_example = dice_l + ce_l
             weighted = per_example
-            metrics.update(dice_loss=jnp.mean(dice_l), bce=jnp.mean(bce_l))
+            metrics.update(dice_loss=jnp.mean(dice_l), bce=jnp.mean(ce_l))
         else:
             t, weights = timesteps.sample(sampler, ts_state, t_key, B)
             if obj.mode == "image_generation":

@@ -20,6 +20,9 @@ reported). Variables come from the best (or latest) checkpoint, EMA parameters b
 * Uncertainty per pixel: ensemble variance, predictive entropy, mutual information.
 * Reference-repository protocols (`eval.extra_protocols`) are reported separately, labelled,
   and never replace the default metrics.
+* Multi-class runs (`data.num_classes` >= 2) are scored per class instead
+  (`jdiffseg.evaluation.multiclass`): per-class and foreground-mean Dice/IoU of the fused label
+  map, the confusion matrix, top-label and classwise ECE, Brier and NLL over the classes.
 
 Writes `WORKDIR/eval/`: metrics.json, per_image.csv, reliability.png, cases.png.
 """
@@ -35,15 +38,17 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from jdiffseg.data import pipeline
+from jdiffseg.evaluation import multiclass as multiclass_eval
 from jdiffseg.evaluation import results as results_io
 from jdiffseg.evaluation.scores import EXTRA_PROTOCOLS, extra_protocols, score_batch
 from jdiffseg.models import build_model
 from jdiffseg.runtime import run_dir, runlog, sharding, variables
-from jdiffseg.scoring import fusion, metrics, predictors
+from jdiffseg.scoring import fusion, metrics, multiclass, predictors
 
 EVAL_DIR = "eval"
 
@@ -145,7 +150,8 @@ def evaluate(
     first = next(batches)
     image_shape = tuple(first["image"].shape[1:])
 
-    model = build_model(config.model, image_channels=image_shape[-1])
+    channels = predictors.mask_channels(config)
+    model = build_model(config.model, image_channels=image_shape[-1], mask_channels=channels)
     params, meta = variables.restore(workdir, config, model, image_shape,
                                      which=e.checkpoint, use_ema=bool(e.use_ema))
     params = jax.device_put(params, sharding.replicated(mesh))
@@ -153,8 +159,13 @@ def evaluate(
 
     sweep = "threshold_sweep" in extra_protocols(config)
     rep = sharding.replicated(mesh)
-    update = jax.jit(metrics.update, out_shardings=rep)
-    acc_probs = acc_fused = jax.device_put(metrics.init(int(e.num_bins)), rep)
+    names = pipeline.class_names_of(config)
+    if channels > 1:
+        update = jax.jit(multiclass.update, out_shardings=rep)
+        acc_probs = acc_fused = jax.device_put(multiclass.init(channels, int(e.num_bins)), rep)
+    else:
+        update = jax.jit(metrics.update, out_shardings=rep)
+        acc_probs = acc_fused = jax.device_put(metrics.init(int(e.num_bins)), rep)
     per_image: dict[str, list[np.ndarray]] = {}
     indices: list[np.ndarray] = []
     cases: dict[str, list[np.ndarray]] = {}
@@ -173,11 +184,20 @@ def evaluate(
         out = compiled(params, arrays["image"], step_key)
         jax.block_until_ready(out["members"])
         predict_seconds += time.perf_counter() - tick
-        scored = score_batch(out["members"], arrays["mask"], method=e.fusion,
-                             threshold=float(e.threshold), num_bins=int(e.num_bins), sweep=sweep)
-        acc_probs = update(acc_probs, scored["mean"], arrays["mask"], float(e.threshold),
-                           arrays["valid"])
-        acc_fused = update(acc_fused, scored["fused"], arrays["mask"], 0.5, arrays["valid"])
+        if channels > 1:
+            scored = multiclass_eval.score_batch(out["members"], arrays["mask"], method=e.fusion,
+                                                 num_bins=int(e.num_bins), class_names=names)
+            labels = jnp.argmax(arrays["mask"], axis=-1)
+            acc_probs = update(acc_probs, scored["mean"], labels, arrays["valid"])
+            acc_fused = update(acc_fused, multiclass.one_hot(scored["fused"], channels), labels,
+                               arrays["valid"])
+        else:
+            scored = score_batch(out["members"], arrays["mask"], method=e.fusion,
+                                 threshold=float(e.threshold), num_bins=int(e.num_bins),
+                                 sweep=sweep)
+            acc_probs = update(acc_probs, scored["mean"], arrays["mask"], float(e.threshold),
+                               arrays["valid"])
+            acc_fused = update(acc_fused, scored["fused"], arrays["mask"], 0.5, arrays["valid"])
         host = sharding.fetch({"per": scored["per_image"], "valid": arrays["valid"],
                                "index": arrays["index"]})
         keep = np.asarray(host["valid"], bool)
@@ -188,6 +208,8 @@ def evaluate(
             shown = sharding.fetch({"image": arrays["image"], "label": arrays["mask"],
                                     "members": out["members"], "fused": scored["fused"],
                                     "entropy": scored["entropy"]})
+            if channels > 1:
+                shown = multiclass_eval.display_cases(shown, channels - 1)
             for name, values in shown.items():
                 cases.setdefault(name, []).append(np.asarray(values)[keep])
         progress.update(int(keep.sum()))
@@ -199,7 +221,11 @@ def evaluate(
     if count != wanted:
         raise RuntimeError(f"evaluate: expected {wanted} images of split {e.split!r}, got {count}")
     acc_probs, acc_fused = sharding.fetch((acc_probs, acc_fused))
-    results = results_io.build_results(config, workdir, meta, prediction, per, acc_probs, acc_fused,
+    if channels > 1:
+        dataset = multiclass_eval.dataset_metrics(acc_probs, acc_fused, names)
+    else:
+        dataset = results_io.binary_dataset_metrics(acc_probs, acc_fused)
+    results = results_io.build_results(config, workdir, meta, prediction, per, dataset, names,
                        count, {"compile_seconds": compile_seconds,
                                "predict_seconds": predict_seconds,
                                "total_seconds": time.perf_counter() - start})

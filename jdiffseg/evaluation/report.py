@@ -10,6 +10,9 @@ images.
 
 Columns: Dice and IoU of the fused mask (mean ± std over images or runs), ECE over all test
 pixels (top-label and foreground variants, lower is better), and the number of runs and images.
+Multi-class runs report the foreground-mean Dice and IoU, the classwise ECE in place of the
+foreground one, and Dice and IoU per class (``dice_<class>``, ``iou_<class>``; the Markdown
+table lists the per-class Dice in one column).
 The Markdown table goes to ``OUT.md`` (and stdout), the numbers in full to ``OUT.csv``.
 """
 
@@ -47,6 +50,15 @@ _HEADERS = {
     "ece_top_label": "ECE top-label ↓",
     "ece_foreground": "ECE foreground ↓",
 }
+_PER_CLASS = ("dice", "iou")
+
+
+def _class_columns(names: Sequence[str]) -> list[tuple[str, tuple[str, str], bool]]:
+    """The extra columns of a multi-class run with foreground classes `names`."""
+    if not names:
+        return []
+    per_class = [(f"{m}_{n}", ("summary", f"{m}_{n}"), True) for n in names for m in _PER_CLASS]
+    return [("ece_classwise", ("dataset", "ece_classwise"), False), *per_class]
 
 
 def find_workdirs(paths: Iterable[str | Path]) -> list[Path]:
@@ -109,7 +121,8 @@ def load_evaluated_run(workdir: Path) -> dict[str, Any] | None:
            "procedure": training_procedure(config)}
     values: dict[str, float] = {}
     spreads: dict[str, float] = {}
-    for column, (section, key), is_summary in _COLUMNS:
+    names = result.get("class_names", [])[1:] if len(result.get("class_names", [])) > 2 else []
+    for column, (section, key), is_summary in (*_COLUMNS, *_class_columns(names)):
         entry = result.get(section, {}).get(key)
         if entry is None:
             continue
@@ -124,6 +137,7 @@ def load_evaluated_run(workdir: Path) -> dict[str, Any] | None:
         "num_images": int(result.get("num_images", 0)),
         "values": values,
         "image_std": spreads,
+        "classes": names,
     }
 
 
@@ -155,8 +169,9 @@ def build_table(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             "arch": arch, "dataset": dataset, "mode": mode, "procedure": procedure,
             "runs": len(members),
             "images": sum(m["num_images"] for m in members),
+            "classes": members[0].get("classes", []),
         }
-        for column, _, _ in _COLUMNS:
+        for column, _, _ in (*_COLUMNS, *_class_columns(row["classes"])):
             xs = [m["values"][column] for m in members if column in m["values"]]
             if not xs:
                 continue
@@ -177,10 +192,18 @@ def _cell(row: dict[str, Any], column: str, digits: int) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
+def _class_cell(row: dict[str, Any], digits: int) -> str:
+    """Per-class Dice means of a multi-class row ('organ 0.812 · core 0.530'), '–' otherwise."""
+    parts = [f"{n} {row[f'dice_{n}_mean']:.{digits}f}" for n in row.get("classes", [])
+             if f"dice_{n}_mean" in row]
+    return " · ".join(parts) or "–"
+
+
 def to_markdown(rows: Sequence[dict[str, Any]], digits: int = 3) -> str:
-    """The results table as GitHub Markdown."""
+    """The results table as GitHub Markdown (a per-class Dice column when a row has classes)."""
+    classes = any(row.get("classes") for row in rows)
     headers = ["architecture", "dataset", "mode", *(_HEADERS[c] for c in _MARKDOWN_COLUMNS),
-               "runs", "images"]
+               *(["Dice per class ↑"] if classes else []), "runs", "images"]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in rows:
         mode = MODE_LABELS.get(row["mode"], row["mode"])
@@ -188,15 +211,19 @@ def to_markdown(rows: Sequence[dict[str, Any]], digits: int = 3) -> str:
             mode = f"{mode}, {row['procedure']}"
         cells = [row["arch"], row["dataset"], mode,
                  *(_cell(row, c, digits) for c in _MARKDOWN_COLUMNS),
+                 *([_class_cell(row, digits)] if classes else []),
                  str(row["runs"]), str(row["images"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def csv_fields() -> list[str]:
-    """The CSV's columns, in order."""
+def csv_fields(rows: Sequence[dict[str, Any]] = ()) -> list[str]:
+    """The CSV's columns, in order: the fixed ones, then the per-class ones of `rows`."""
     fields = ["arch", "dataset", "mode", "procedure", "runs", "images"]
-    for column, _, _ in _COLUMNS:
+    columns = [c for c, _, _ in _COLUMNS]
+    for row in rows:
+        columns += [c for c, _, _ in _class_columns(row.get("classes", [])) if c not in columns]
+    for column in columns:
         fields += [f"{column}_mean", f"{column}_std"]
     return fields
 
@@ -204,7 +231,8 @@ def csv_fields() -> list[str]:
 def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
     """Every row with all numeric columns (empty where a run lacks a metric)."""
     with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=csv_fields(), restval="")
+        writer = csv.DictWriter(f, fieldnames=csv_fields(rows), restval="",
+                                extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
 

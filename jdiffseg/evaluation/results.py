@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +15,9 @@ import ml_collections
 import numpy as np
 
 from jdiffseg.evaluation import figures
+from jdiffseg.evaluation import multiclass as multiclass_eval
 from jdiffseg.evaluation.scores import EXTRA_PROTOCOLS, SWEEP_THRESHOLDS, extra_protocols
-from jdiffseg.scoring import fusion, metrics, stats
+from jdiffseg.scoring import fusion, metrics, multiclass, stats
 
 
 def _summaries(
@@ -34,25 +35,46 @@ def _write_csv(path: Path, ids: list[str], per_image: Mapping[str, np.ndarray]) 
             writer.writerow([i, name, *(f"{float(per_image[c][i]):.6g}" for c in columns)])
 
 
+def binary_dataset_metrics(
+    acc_probs: metrics.MetricState, acc_fused: metrics.MetricState
+) -> dict[str, Any]:
+    """Pooled Dice/IoU of the fused masks and calibration of the member mean (binary runs)."""
+    probs = {k: float(v) for k, v in metrics.compute(acc_probs).items()}
+    fused = metrics.compute(acc_fused)
+    return {
+        "dice_pooled": float(fused["dice_pooled"]),
+        "iou_pooled": float(fused["iou_pooled"]),
+        **{k: probs[k] for k in ("ece_top_label", "ece_foreground", "brier", "nll")},
+        "num_pixels": int(probs["num_pixels"]),
+    }
+
+
 def build_results(
     config: ml_collections.ConfigDict,
     workdir: Path,
     meta: Mapping[str, Any],
     prediction: dict[str, Any],
     per: dict[str, np.ndarray],
-    acc_probs: metrics.MetricState,
-    acc_fused: metrics.MetricState,
+    dataset: dict[str, Any],
+    class_names: Sequence[str],
     count: int,
     seconds: dict[str, float],
 ) -> dict[str, Any]:
-    """The content of metrics.json."""
+    """The content of metrics.json; `dataset` holds the dataset-level metrics."""
     e = config.eval
     resamples, seed = int(e.bootstrap_resamples), int(config.seed)
     extra_keys = {"dice_threshold_sweep", "iou_threshold_sweep"}
     fusion_keys = {f"{m}_{f}" for m in ("dice", "iou") for f in fusion.FUSION_METHODS}
     main_per = {k: v for k, v in per.items() if k not in extra_keys | fusion_keys}
-    probs = {k: float(v) for k, v in metrics.compute(acc_probs).items()}
-    fused = metrics.compute(acc_fused)
+    definitions = {
+        "dice_iou": f"of the fused mask ({e.fusion}), per image, empty/empty = 1",
+        "calibration": "of the member-mean probability over all pixels; ECE with "
+                       f"{e.num_bins} equal-width bins",
+    }
+    if len(class_names) > 2:
+        definitions = {**multiclass_eval.DEFINITIONS,
+                       "fusion": f"{e.fusion} (class probabilities; majority: plurality vote; "
+                                 "staple: multi-class STAPLE)"}
     extra: dict[str, Any] = {}
     if "threshold_sweep" in extra_protocols(config):
         extra["threshold_sweep"] = {
@@ -74,13 +96,9 @@ def build_results(
         "threshold": float(e.threshold),
         "num_bins": int(e.num_bins),
         "num_images": count,
+        "class_names": list(class_names),
         "summary": _summaries(main_per, resamples, seed),
-        "dataset": {
-            "dice_pooled": float(fused["dice_pooled"]),
-            "iou_pooled": float(fused["iou_pooled"]),
-            **{k: probs[k] for k in ("ece_top_label", "ece_foreground", "brier", "nll")},
-            "num_pixels": int(probs["num_pixels"]),
-        },
+        "dataset": dataset,
         "fusion_methods": {
             name: _summaries({"dice": per[f"dice_{name}"], "iou": per[f"iou_{name}"]},
                              resamples, seed)
@@ -88,9 +106,7 @@ def build_results(
         },
         "extra_protocols": extra,
         "definitions": {
-            "dice_iou": f"of the fused mask ({e.fusion}), per image, empty/empty = 1",
-            "calibration": "of the member-mean probability over all pixels; ECE with "
-                           f"{e.num_bins} equal-width bins",
+            **definitions,
             "interval": f"percentile bootstrap {stats.DEFAULT_CONFIDENCE:.0%} of the mean over "
                         f"images, {resamples} resamples",
         },
@@ -105,7 +121,7 @@ def write_outputs(
     results: dict[str, Any],
     ids: list[str],
     per: dict[str, np.ndarray],
-    acc_probs: metrics.MetricState,
+    acc_probs: metrics.MetricState | multiclass.MultiClassState,
     cases: dict[str, list[np.ndarray]],
     config: ml_collections.ConfigDict,
 ) -> None:
@@ -119,7 +135,10 @@ def write_outputs(
         "cases": out_dir / "cases.png",
     }
     _write_csv(files["per_image"], ids, per)
-    figures.reliability_diagram(acc_probs, files["reliability"], title=title)
+    # multi-class accumulators hold top-label bins only (classwise ECE is in metrics.json)
+    multi = isinstance(acc_probs, multiclass.MultiClassState)
+    variants = ("top_label",) if multi else metrics.ECE_VARIANTS
+    figures.reliability_diagram(acc_probs, files["reliability"], variants=variants, title=title)
     shown = {k: np.concatenate(v) for k, v in cases.items()}
     figures.case_grid(
         files["cases"], shown["image"], shown["label"], shown["members"], shown["fused"],

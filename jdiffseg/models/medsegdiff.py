@@ -3,7 +3,8 @@
 The UNet sees ``concat([image, x_t])`` (image channels first, the noisy mask last, as the
 authors' input tensor); the condition encoder (`GenericUNet`, see `jdiffseg.models.nnunet`)
 sees the image and also yields ``'cal'``, the sigmoid of its 1x1 output conv, which the
-training step fits to the mask with a 10x weighted MSE (the authors' ``loss_cal``).
+training step fits to the mask with a 10x weighted MSE (the authors' ``loss_cal``); with
+one-hot multi-class masks it is a softmax over the classes, fitted to the one-hot mask.
 
 Two variants, chosen by ``config.model.medsegdiff_version``:
 
@@ -170,7 +171,10 @@ class MedSegDiff(nn.Module):
             h = hs[-1] + proj(enc["bottleneck"])
         h = unet.middle(h, emb, train)
         out = unet.head(unet.decode(h, hs, emb, train))
-        return {"out": out, "cal": jax.nn.sigmoid(enc["logits"].astype(jnp.float32))}
+        logits = enc["logits"].astype(jnp.float32)
+        # one mask channel: the authors' sigmoid; one-hot classes: a softmax over them
+        cal = jax.nn.sigmoid(logits) if self.mask_channels == 1 else jax.nn.softmax(logits)
+        return {"out": out, "cal": cal}
 
 
 def build(model_config: Any, *, image_channels: int, mask_channels: int = 1) -> MedSegDiff:

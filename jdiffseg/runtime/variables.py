@@ -18,7 +18,7 @@ from jdiffseg.runtime import checkpoint
 
 def abstract_variables(model: Any, mode: str, image_shape: tuple[int, ...]) -> Any:
     """Shapes of the variables `model.init` creates for one image of `image_shape` (H, W, C)."""
-    x_t, t, image = modes.init_inputs(mode, (1, *image_shape))
+    x_t, t, image = modes.init_inputs(mode, (1, *image_shape), model.mask_channels)
     key = jax.random.key(0)
     return jax.eval_shape(
         lambda: model.init({"params": key, "dropout": key}, x_t, t, image, train=False)

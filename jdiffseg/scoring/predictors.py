@@ -6,7 +6,9 @@ A diffusion model draws `ensemble_size` masks per image with DDPM or (respaced) 
 member is decoded into the {0, 1} scale and clipped to [0, 1], and the ensemble probability is
 their mean (EnsemDiff and SegDiff fuse that mean by thresholding). A feed-forward model gives
 one member, sigmoid(logits). Everything runs in one `jax.jit`, sharded over the batch when a
-mesh is given.
+mesh is given. With multi-class masks (`config.data.num_classes` >= 2) the probabilities are
+over the C + 1 classes: each member's x0 is decoded, clipped to [0, 1] and renormalised over
+the classes (`diffusion.class_probabilities`), and a feed-forward model gives the softmax.
 """
 
 from __future__ import annotations
@@ -90,6 +92,27 @@ def options_from_config(config: Any, *, validation: bool = False) -> SamplingOpt
     )
 
 
+def mask_channels(config: Any) -> int:
+    """Channels of the run's masks: 1, or C + 1 one-hot channels for C >= 2 classes (runs
+    whose config.json predates `data.num_classes` are binary)."""
+    return diffusion.mask_channels(int(config.data.get("num_classes", 1)))
+
+
+def feedforward_probabilities(logits: jax.Array, channels: int) -> jax.Array:
+    """Class probabilities of feed-forward logits: sigmoid of the one mask channel, or the
+    softmax over the C + 1 class channels."""
+    logits = logits[..., :channels].astype(jnp.float32)
+    return jax.nn.sigmoid(logits) if channels == 1 else jax.nn.softmax(logits, axis=-1)
+
+
+def member_probabilities(samples: jax.Array, encoding: str) -> jax.Array:
+    """Sampled masks in the diffusion encoding -> probabilities: decoded and clipped (one
+    channel), or clipped and renormalised over the class channels."""
+    if samples.shape[-1] == 1:
+        return diffusion.decode_mask(samples, encoding, clip=True)
+    return diffusion.class_probabilities(samples, encoding)
+
+
 def make_predictor(
     config: Any,
     model: Any,
@@ -101,16 +124,18 @@ def make_predictor(
     """A jitted `predict(variables, images, key) -> {'members', 'mean'}`.
 
     `variables` is the Flax variable dict ({'params': ..., 'batch_stats'?: ...}); `images`
-    (B, H, W, C) in [-1, 1]. 'members' is (B, n, H, W, 1) and 'mean' (B, H, W, 1), both
-    foreground probabilities in [0, 1]. With `mesh`, images and outputs are sharded over its
-    'data' axis and the variables replicated. Modes: 'diffusion', 'feedforward' and
-    'mask_only' (unconditional masks; the images only set the batch size).
+    (B, H, W, C) in [-1, 1]. 'members' is (B, n, H, W, K) and 'mean' (B, H, W, K), both
+    probabilities in [0, 1]: of the foreground (K = 1) or of each of K = C + 1 classes. With
+    `mesh`, images and outputs are sharded over its 'data' axis and the variables replicated.
+    Modes: 'diffusion', 'feedforward' and 'mask_only' (unconditional masks; the images only
+    set the batch size).
     """
     obj = objectives.from_config(config)
     if obj.mode == "image_generation":
         raise ValueError("predict: model.mode='image_generation' produces images, not masks")
     schedule = diffusion.from_config(config.diffusion) if schedule is None else schedule
     low, high = diffusion.value_range(obj.encoding)
+    channels = mask_channels(config)
 
     def apply(variables, x_t, t, image):
         return model.apply(variables, x_t, objectives.model_timesteps(obj, t), image, train=False)
@@ -120,8 +145,8 @@ def make_predictor(
         B, H, W, _ = images.shape
         if obj.mode == "feedforward":
             t = jnp.full((B,), obj.feedforward_t, jnp.int32)
-            out = apply(variables, jnp.zeros((B, H, W, 1), jnp.float32), t, images)
-            members = jax.nn.sigmoid(out["out"][..., :1].astype(jnp.float32))[:, None]
+            out = apply(variables, jnp.zeros((B, H, W, channels), jnp.float32), t, images)
+            members = feedforward_probabilities(out["out"], channels)[:, None]
         else:
             use_image = obj.mode == "diffusion"
 
@@ -141,11 +166,11 @@ def make_predictor(
                 images,
                 options.ensemble_size,
                 key,
-                sample_shape=(H, W, 1),
+                sample_shape=(H, W, channels),
                 sampler=options.sampler,
                 **kwargs,
             )
-            members = diffusion.decode_mask(samples, obj.encoding, clip=True)
+            members = member_probabilities(samples, obj.encoding)
         return {"members": members, "mean": jnp.mean(members, axis=1)}
 
     if mesh is None:
@@ -193,16 +218,17 @@ def _dropout_ensemble(
 ) -> Predictor:
     """MC dropout: `size` feed-forward passes with dropout on, each with its own rng."""
     obj = objectives.from_config(config)
+    channels = mask_channels(config)
 
     def run(variables: Any, images: jax.Array, key: jax.Array) -> dict[str, jax.Array]:
         images = images.astype(jnp.float32)
         B, H, W, _ = images.shape
-        x_t = jnp.zeros((B, H, W, 1), jnp.float32)
+        x_t = jnp.zeros((B, H, W, channels), jnp.float32)
         t = objectives.model_timesteps(obj, jnp.full((B,), obj.feedforward_t, jnp.int32))
 
         def one(k: jax.Array) -> jax.Array:
             out = model.apply(variables, x_t, t, images, train=True, rngs={"dropout": k})
-            return jax.nn.sigmoid(out["out"][..., :1].astype(jnp.float32))
+            return feedforward_probabilities(out["out"], channels)
 
         members = jax.vmap(one, out_axes=1)(jax.random.split(key, size))
         return {"members": members, "mean": jnp.mean(members, axis=1)}

@@ -20,6 +20,7 @@ import ml_collections
 from jdiffseg.analysis import analyze, fingerprint, plots
 from jdiffseg.analysis import results as analysis_results
 from jdiffseg.config import parsing, recipes, schema
+from jdiffseg.data import procedural
 from jdiffseg.evaluation import evaluate, report
 from jdiffseg.runtime import run_dir
 from jdiffseg.training import train
@@ -30,6 +31,8 @@ SYNTHETIC_VARIANTS = ("lesion", "nuclei", "tissue")
 # The feed-forward baselines of the "baseline" experiment and their model presets: None takes
 # the plan's preset; SegFormer is always B0, trained at the plan's scale.
 BASELINES = {"nnunet": None, "segformer": "b0"}
+# flavours with several foreground classes: their runs get data.num_classes set to match
+MULTICLASS_VARIANTS = procedural.MULTICLASS_VARIANTS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +65,7 @@ class Plan:
 
 def dataset_arg(dataset: str) -> str:
     """The config-file argument selecting `dataset` (a synthetic flavour or a real dataset)."""
-    if dataset in SYNTHETIC_VARIANTS:
+    if dataset in SYNTHETIC_VARIANTS + MULTICLASS_VARIANTS:
         return f"dataset=synthetic,variant={dataset}"
     return f"dataset={dataset}"
 
@@ -75,6 +78,8 @@ def run_config(plan: Plan, arch: str, dataset: str, mode: str) -> ml_collections
     preset = f"{model_preset},scale={plan.preset}" if model_preset else plan.preset
     arg = f"{dataset_arg(dataset)},preset={preset}{mode_arg}"
     config = recipes.get_config(arch, arg)
+    if dataset in MULTICLASS_VARIANTS:
+        config.data.num_classes = len(procedural.CLASS_NAMES[dataset]) - 1
     config.lock()
     parsing.update(config, plan.overrides)
     return config
@@ -119,7 +124,8 @@ def _analyze(
         image_generation_workdir=str(e4) if e4 else None,
         log=log,
     )
-    fingerprint.write_adapted(result, config, str(e2 / analysis_results.ANALYSIS_DIR))
+    source = analysis_results.adaptation_source(result, config.analysis)
+    fingerprint.write_adapted(source, config, str(e2 / analysis_results.ANALYSIS_DIR))
     return result
 
 
@@ -174,10 +180,12 @@ def run_study(plan: Plan, log: Callable[[str], None] = print) -> dict[str, Any]:
     if {"E1", "E2", "baseline", "adapted"} & wanted:
         outputs["report"] = report.report([out], output=out / "results")
     if fingerprints:
-        labels = list(fingerprints)
+        results, labels = analysis_results.expand_classes(
+            list(fingerprints.values()), list(fingerprints)
+        )
         options = fingerprint.options_from_config(schema.base_config().analysis)
         outputs["fingerprints"] = plots.plot_compare(
-            list(fingerprints.values()),
+            results,
             labels,
             str(out / "fingerprints.png"),
             metric=options["metric"],
@@ -186,6 +194,10 @@ def run_study(plan: Plan, log: Callable[[str], None] = print) -> dict[str, Any]:
         outputs["analysis_dirs"] = [
             str(Path(r.get("workdir", "")) / analysis_results.ANALYSIS_DIR)
             for r in fingerprints.values()
+        ]
+        outputs["class_figures"] = [
+            str(Path(r["workdir"]) / analysis_results.ANALYSIS_DIR / "classes.png")
+            for r in fingerprints.values() if "classes" in r
         ]
     (out / "study.json").write_text(json.dumps(_jsonable(outputs), indent=2))
     return outputs

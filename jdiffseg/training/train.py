@@ -37,6 +37,7 @@ from jdiffseg.diffusion import objectives, timesteps
 from jdiffseg.models import build_model, modes
 from jdiffseg.models.pretrained import load_pretrained
 from jdiffseg.runtime import checkpoint, run_dir, runlog, sharding
+from jdiffseg.scoring import predictors
 from jdiffseg.training import optim, validation
 
 # fold_in tags of the root key: one stream per purpose (validation's is validation.VAL_STREAM).
@@ -74,7 +75,7 @@ def init_train_state(
 
     def init(key: jax.Array) -> TrainState:
         params_key, dropout_key = jax.random.split(key)
-        x_t, t, image = modes.init_inputs(obj.mode, image_shape)
+        x_t, t, image = modes.init_inputs(obj.mode, image_shape, model.mask_channels)
         t = objectives.model_timesteps(obj, t)
         variables = model.init(
             {"params": params_key, "dropout": dropout_key}, x_t, t, image, train=False
@@ -261,7 +262,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
 
     # ---- model
     image_channels = image_shape[-1]
-    model = build_model(config.model, image_channels=image_channels, mask_channels=1)
+    model = build_model(config.model, image_channels=image_channels,
+                        mask_channels=predictors.mask_channels(config))
     tx = optim.make_optimizer(config.train)
     init_fn = init_train_state(config, model, tx, image_shape)
     abstract = jax.eval_shape(init_fn, jax.random.PRNGKey(0))

@@ -8,6 +8,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh
 
 from jdiffseg import diffusion
@@ -15,7 +16,7 @@ from jdiffseg.data import pipeline
 from jdiffseg.diffusion import objectives, timesteps
 from jdiffseg.models import modes
 from jdiffseg.runtime import sharding
-from jdiffseg.scoring import metrics, predictors
+from jdiffseg.scoring import metrics, multiclass, predictors
 
 # fold_in tag of the root key for validation (training uses 0 and 1).
 VAL_STREAM = 2
@@ -68,11 +69,13 @@ def make_validator(
         valid = batch["valid"].astype(jnp.float32)
         return jnp.sum(aux["per_example"] * valid), jnp.sum(valid)
 
-    update = jax.jit(metrics.update, out_shardings=rep)
+    channels = predictors.mask_channels(config)
+    scores = multiclass if channels > 1 else metrics
+    update = jax.jit(scores.update, out_shardings=rep)
 
     def validate(state: Any, batches: list[dict[str, jax.Array]]) -> dict[str, float]:
         total, count = 0.0, 0.0
-        acc = metrics.init(num_bins)
+        acc = multiclass.init(channels, num_bins) if channels > 1 else metrics.init(num_bins)
         variables = {"params": state.ema_params if use_ema else state.params}
         if state.batch_stats:
             variables["batch_stats"] = state.batch_stats
@@ -82,12 +85,15 @@ def make_validator(
             total, count = total + s, count + n
             if predict is not None:
                 probs = predict(variables, batch["image"], key)["mean"]
-                acc = update(acc, probs, batch["mask"], threshold, batch["valid"])
+                if channels > 1:
+                    acc = update(acc, probs, jnp.argmax(batch["mask"], -1), batch["valid"])
+                else:
+                    acc = update(acc, probs, batch["mask"], threshold, batch["valid"])
         out = {"val_loss": float(total / jnp.maximum(count, 1.0))}
         if predict is not None:
-            computed = sharding.fetch(metrics.compute(acc))
+            computed = sharding.fetch(scores.compute(acc))
             out.update({f"val_{k}": float(v) for k, v in computed.items()
-                        if k not in ("num_images", "num_pixels")})
+                        if np.ndim(v) == 0 and k not in ("num_images", "num_pixels")})
         return out
 
     return validate

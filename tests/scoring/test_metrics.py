@@ -115,8 +115,9 @@ def test_empty_and_full_masks():
     # perfect hard predictions are perfectly calibrated
     assert float(metrics.ece(full, full)) == 0.0
     assert float(metrics.brier(empty, empty)[0]) == 0.0
-    state = metrics.update(metrics.init(), np.concatenate([empty, empty]),
-                           np.concatenate([empty, empty]))
+    state = metrics.update(
+        metrics.init(), np.concatenate([empty, empty]), np.concatenate([empty, empty])
+    )
     out = metrics.compute(state)
     assert float(out["dice_pooled"]) == 1.0 and float(out["dice"]) == 1.0
 
@@ -205,8 +206,7 @@ def test_accumulator_split_batches_equals_one_shot_and_direct():
 
 def test_merge_is_associative_commutative_with_identity():
     states = [
-        metrics.update(metrics.init(), *_random_pair(10 + i, shape=(2, 8, 8, 1)))
-        for i in range(3)
+        metrics.update(metrics.init(), *_random_pair(10 + i, shape=(2, 8, 8, 1))) for i in range(3)
     ]
     a, b, c = states
     _assert_states_equal(

@@ -10,14 +10,14 @@ import pytest
 from jdiffseg.runtime import run_dir
 from jdiffseg.study import sweep
 
-SWEEP = '''
+SWEEP = """
 SLURM = {"gpus-per-node": 4, "time": "01:00:00"}
 
 def sweep(add):
     for lr in (1e-4, 3e-4):
         add("configs/default.py:variant=nuclei", **{"train.lr": lr})
     add("configs/default.py", name="plain", train__steps=7, model__channel_mult=(1, 2))
-'''
+"""
 
 
 @pytest.fixture
@@ -30,7 +30,10 @@ def sweep_file(tmp_path: Path) -> Path:
 def test_expand_names_workdirs_and_argv(sweep_file, tmp_path):
     runs = sweep.expand(str(sweep_file), str(tmp_path / "out"))
     assert [r.name for r in runs] == [
-        "default_variant=nuclei_lr=0.0001", "default_variant=nuclei_lr=0.0003", "plain"]
+        "default_variant=nuclei_lr=0.0001",
+        "default_variant=nuclei_lr=0.0003",
+        "plain",
+    ]
     assert runs[2].workdir == str(tmp_path / "out" / "plain")
     argv = runs[2].argv("python")
     assert argv[:5] == ["python", "-m", "jdiffseg.cli.main", "train", "--config=configs/default.py"]
@@ -73,8 +76,12 @@ def test_paper_sweep_covers_the_grid():
     runs = sweep.expand("configs/sweeps/paper.py", "/tmp/paper")
     names = {r.name for r in runs}
     assert len(runs) == 3 * 3 * 4 + 3
-    assert {"ensemdiff_isic2016_e2", "segdiff_monuseg_e1", "medsegdiff_her2_e3",
-            "nnunet_isic2016_e1"} <= names
+    assert {
+        "ensemdiff_isic2016_e2",
+        "segdiff_monuseg_e1",
+        "medsegdiff_her2_e3",
+        "nnunet_isic2016_e1",
+    } <= names
 
 
 def test_bad_sweep_files_are_named(tmp_path):

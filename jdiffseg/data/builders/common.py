@@ -17,15 +17,18 @@ from jdiffseg.data.files import Entry
 from jdiffseg.data.images import (
     DataError,
     decode_image,
+    decode_label_map,
     decode_mask,
     report_note,
     resize_image,
+    resize_labels,
     resize_mask,
 )
 
 VERSION = tfds.core.Version("1.0.0")
 RELEASE_NOTES = {"1.0.0": "First release."}
 SPLITS = ("train", "validation", "test")
+BINARY_CLASSES = ("background", "foreground")
 
 
 class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -44,11 +47,14 @@ def _tensor(shape: tuple[int, ...], dtype: Any, doc: str) -> tfds.features.Tenso
                                 doc=doc)
 
 
-def features(size: int, instances: bool = False) -> tfds.features.FeaturesDict:
-    """image uint8 (S,S,3), mask uint8 (S,S,1) in {0,1}, id; optionally an instance map."""
+def features(size: int, instances: bool = False, label_map: bool = False
+             ) -> tfds.features.FeaturesDict:
+    """image uint8 (S,S,3), mask uint8 (S,S,1) in {0,1} (or a label map over {0 … C}), id;
+    optionally an instance map."""
+    mask_doc = "label map, 0 = background" if label_map else "binary mask, 1 = foreground"
     spec = {
         "image": _tensor((size, size, 3), np.uint8, "RGB image"),
-        "mask": _tensor((size, size, 1), np.uint8, "binary mask, 1 = foreground"),
+        "mask": _tensor((size, size, 1), np.uint8, mask_doc),
         "id": tfds.features.Text(doc="source file stem (and patch position)"),
     }
     if instances:
@@ -58,11 +64,22 @@ def features(size: int, instances: bool = False) -> tfds.features.FeaturesDict:
 
 def dataset_info(builder: tfds.core.DatasetBuilder, description: str, size: int, *,
                  instances: bool = False, homepage: str | None = None,
-                 citation: str | None = None) -> tfds.core.DatasetInfo:
-    """DatasetInfo built directly (no package metadata files needed)."""
+                 citation: str | None = None,
+                 metadata: tfds.core.MetadataDict | None = None) -> tfds.core.DatasetInfo:
+    """DatasetInfo built directly (no package metadata files needed). `metadata` (saved as
+    metadata.json beside the data) carries 'class_names' for label-map datasets."""
+    label_map = metadata is not None and len(metadata.get("class_names", ())) > 2
     return tfds.core.DatasetInfo(
-        builder=builder, description=description, features=features(size, instances),
-        supervised_keys=("image", "mask"), homepage=homepage, citation=citation)
+        builder=builder, description=description,
+        features=features(size, instances, label_map), supervised_keys=("image", "mask"),
+        homepage=homepage, citation=citation, metadata=metadata)
+
+
+def class_names(info: tfds.core.DatasetInfo) -> tuple[str, ...]:
+    """The class names a prepared dataset declares (index = label value), background first;
+    datasets without them are binary: ('background', 'foreground')."""
+    stored = dict(info.metadata.items()) if info.metadata is not None else {}
+    return tuple(stored.get("class_names") or BINARY_CLASSES)
 
 
 @dataclasses.dataclass(eq=False)
@@ -104,16 +121,22 @@ def non_empty(splits: dict[str, Sequence]) -> dict[str, Sequence]:
     return {name: items for name, items in splits.items() if len(items)}
 
 
-def load_pair(image: Entry, mask: Entry, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Decodes, checks and resizes one pair: uint8 (S,S,3) and uint8 (S,S,1) in {0,1}."""
+def load_pair(image: Entry, mask: Entry, size: int, label_values: Sequence[int] | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Decodes, checks and resizes one pair: uint8 (S,S,3) and uint8 (S,S,1) in {0,1}, or, with
+    `label_values` (pixel value of each class), a label map resized by nearest neighbour."""
     img = decode_image(image.read_bytes(), image.name)
-    m, note = decode_mask(mask.read_bytes(), mask.name)
-    report_note(note, mask.name)
+    if label_values is None:
+        m, note = decode_mask(mask.read_bytes(), mask.name)
+        report_note(note, mask.name)
+    else:
+        m = decode_label_map(mask.read_bytes(), mask.name, label_values)
     if img.shape[:2] != m.shape:
         raise DataError(
             f"mask {mask.name} is {m.shape[1]}x{m.shape[0]} (WxH) but its image {image.name} is "
             f"{img.shape[1]}x{img.shape[0]}")
-    return resize_image(img, size), resize_mask(m, size)[..., None]
+    resize = resize_mask if label_values is None else resize_labels
+    return resize_image(img, size), resize(m, size)[..., None]
 
 
 def example(key: str, image: np.ndarray, mask: np.ndarray, **extra: np.ndarray) -> dict:

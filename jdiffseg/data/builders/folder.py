@@ -17,6 +17,7 @@ from jdiffseg.data.images import IMAGE_SUFFIXES, DataError
 
 DEFAULT_SIZE = 256
 SPLIT_FILE = "splits.json"
+CLASSES_FILE = "classes.json"
 MASK_SUFFIXES = ("", "_mask", "_Segmentation", "_segmentation", "_gt")
 
 INSTRUCTIONS = f"""\
@@ -27,7 +28,10 @@ Put the data into manual_dir as
 Sub-folders are allowed; <name> is then the path below images/. Optionally add
   manual_dir/{SPLIT_FILE}   {{"train": [names], "validation": [names], "test": [names]}}
 ("validation" may be left out: it is then carved from train). Without a split file, test and
-validation are carved at random (fixed seed) from all images.
+validation are carved at random (fixed seed) from all images. For multi-class label maps add
+  manual_dir/{CLASSES_FILE}  {{"names": ["background", "liver", ...], "values": [0, 128, ...]}}
+(the pixel value of each class in the masks, background first); a mask value it does not
+declare stops the build.
 """
 
 
@@ -109,8 +113,29 @@ def read_split_file(path: Path, pairs: dict) -> dict[str, list[str]]:
     return out
 
 
+def read_classes(path: Path) -> tuple[list[str], list[int]]:
+    """(names, pixel values) from a classes.json; background first, at least two classes."""
+    try:
+        spec = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read {path}: {e}") from e
+    names = spec.get("names") if isinstance(spec, dict) else None
+    values = spec.get("values") if isinstance(spec, dict) else None
+    ok = (isinstance(names, list) and isinstance(values, list) and len(names) == len(values) >= 2
+          and all(isinstance(n, str) and n for n in names) and len(set(names)) == len(names)
+          and all(isinstance(v, int) and 0 <= v <= 65535 for v in values)
+          and len(set(values)) == len(values) and len(values) <= 256)
+    if not ok:
+        raise DataError(
+            f"{path} must be a JSON object {{\"names\": [...], \"values\": [...]}} with 2 to 256 "
+            f"distinct non-empty names and as many distinct integer pixel values in [0, 65535] "
+            f"(background first); found {spec!r}")
+    return names, values
+
+
 class Folder(common.Builder, skip_registration=True):
-    """Images and binary masks from a folder; sizes normalised to a square image_size."""
+    """Images and binary masks (or label maps with a classes.json) from a folder; sizes
+    normalised to a square image_size."""
 
     name = "folder"
     VERSION = common.VERSION
@@ -119,13 +144,19 @@ class Folder(common.Builder, skip_registration=True):
     # No predefined configs: the split file is a setting that the config name does not encode.
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return common.dataset_info(self, "Binary segmentation from a folder of images and masks.",
-                                   self.builder_config.image_size)
+        # class names are known only once manual_dir is read; they are filled in then
+        return common.dataset_info(self, "Segmentation from a folder of images and masks.",
+                                   self.builder_config.image_size,
+                                   metadata=tfds.core.MetadataDict())
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict:
         c = self.builder_config
         root = common.manual_root(dl_manager, self.name)
         pairs = find_pairs(root)
+        self._label_values = None
+        if (root / CLASSES_FILE).is_file():
+            names, self._label_values = read_classes(root / CLASSES_FILE)
+            self.info.metadata.update(class_names=names, pixel_values=self._label_values)
         split_file = Path(c.split_file).expanduser() if c.split_file else root / SPLIT_FILE
         if c.split_file and not split_file.is_file():
             raise DataError(f"split file {split_file} does not exist")
@@ -145,7 +176,7 @@ class Folder(common.Builder, skip_registration=True):
     def _generate_examples(self, pairs: list[tuple], keys: list[str]) -> Iterator[tuple[str, dict]]:
         size = self.builder_config.image_size
         for key, (img, mask) in zip(keys, pairs, strict=True):
-            image, m = common.load_pair(img, mask, size)
+            image, m = common.load_pair(img, mask, size, self._label_values)
             yield key, common.example(key, image, m)
 
 

@@ -27,9 +27,9 @@ class SyntheticConfig(tfds.core.BuilderConfig):
 def make_config(variant: str, image_size: int = DEFAULT_SIZE,
                 counts: tuple[int, int, int] = DEFAULT_COUNTS, seed: int = 0) -> SyntheticConfig:
     """A config whose name encodes every setting that differs from the defaults."""
-    if variant not in procedural.VARIANTS:
+    if variant not in procedural.ALL_VARIANTS:
         raise ValueError(f"unknown synthetic variant {variant!r}; expected one of "
-                         f"{procedural.VARIANTS}")
+                         f"{procedural.ALL_VARIANTS}")
     name = common.config_name(variant, [
         ("{}px", image_size, DEFAULT_SIZE),
         ("n{}", "-".join(map(str, counts)), "-".join(map(str, DEFAULT_COUNTS))),
@@ -43,15 +43,22 @@ def make_config(variant: str, image_size: int = DEFAULT_SIZE,
 
 
 class Synthetic(common.Builder, skip_registration=True):
-    """Synthetic lesion / nuclei / tissue segmentation, deterministic from the config's seed."""
+    """Synthetic lesion / nuclei / tissue (binary) and organs (three classes) segmentation,
+    deterministic from the config's seed."""
 
     name = "synthetic"
     VERSION = common.VERSION
     RELEASE_NOTES = common.RELEASE_NOTES
-    BUILDER_CONFIGS = [make_config(v) for v in procedural.VARIANTS]  # noqa: RUF012
+    BUILDER_CONFIGS = [make_config(v) for v in procedural.ALL_VARIANTS]  # noqa: RUF012
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return common.dataset_info(self, procedural.__doc__, self.builder_config.image_size)
+        variant = self.builder_config.variant
+        metadata = None
+        if variant in procedural.MULTICLASS_VARIANTS:
+            names = list(procedural.CLASS_NAMES[variant])
+            metadata = tfds.core.MetadataDict(class_names=names)
+        return common.dataset_info(self, procedural.__doc__, self.builder_config.image_size,
+                                   metadata=metadata)
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict:
         c = self.builder_config
