@@ -10,6 +10,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from jdiffseg.analysis import fingerprint
+from jdiffseg.analysis.results import contribution_sem
 from jdiffseg.config import parsing, schema
 from jdiffseg.diffusion import schedules, timesteps
 
@@ -164,8 +165,6 @@ def test_a_peak_within_noise_is_not_adapted_to():
 
 
 def test_contribution_sem_by_hand():
-    from jdiffseg.analysis import contribution_sem
-
     per_image = {"mse_image": np.zeros((1, 3)), "mse_blank": np.array([[0.0, 1.0, 2.0]]),
                  "loss_blank": np.ones((1, 3))}
     sem = contribution_sem(per_image)

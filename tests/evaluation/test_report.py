@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from jdiffseg.cli import report as cli_report
 from jdiffseg.config import parsing, schema
 from jdiffseg.evaluation import report
 
@@ -92,7 +93,7 @@ def test_report_main_takes_workdirs_and_output_prefix(tmp_path, capsys):
     a = _fake_run(tmp_path / "a", "medsegdiff", "diffusion", 0.75, 0.01)
     b = _fake_run(tmp_path / "b", "nnunet", "feedforward", 0.9, 0.05)
     out = tmp_path / "tables" / "paper"
-    assert report.main([str(a), str(b), f"--output={out}", "--digits=2"]) == 0
+    assert cli_report.main([str(a), str(b), f"--output={out}", "--digits=2"]) == 0
     printed = capsys.readouterr().out
     assert "| medsegdiff | synthetic/lesion | E2 diffusion | 0.75 ± 0.05 |" in printed
     assert (tmp_path / "tables" / "paper.md").read_text() == printed
@@ -100,11 +101,11 @@ def test_report_main_takes_workdirs_and_output_prefix(tmp_path, capsys):
 
 
 def test_report_errors_are_clear(tmp_path, capsys):
-    assert report.main([str(tmp_path / "missing")]) == 1
+    assert cli_report.main([str(tmp_path / "missing")]) == 1
     assert "is not a directory" in capsys.readouterr().err
-    assert report.main([str(tmp_path)]) == 1
+    assert cli_report.main([str(tmp_path)]) == 1
     assert "no workdir" in capsys.readouterr().err
     _fake_run(tmp_path / "a", "ensemdiff", "diffusion", 0.8, 0.02, evaluated=False)
-    assert report.main([str(tmp_path)]) == 1
+    assert cli_report.main([str(tmp_path)]) == 1
     assert "jdiffseg evaluate" in capsys.readouterr().err
-    assert report.main([]) == 1
+    assert cli_report.main([]) == 1
