@@ -221,7 +221,9 @@ def load_variables(workdir: str, which: int | str = "best", *, use_ema: bool = T
     Returns ({'params': EMA or raw params, 'batch_stats'?: ...}, meta) where meta has 'step' and
     the validation 'metrics' of that checkpoint.
     """
-    best = run_dir.best_metric_name(run_dir.read_config(workdir))
+    # A bare checkpoint directory (no config.json, e.g. written by a script) has no best metric.
+    has_config = os.path.exists(run_dir.config_path(workdir))
+    best = run_dir.best_metric_name(run_dir.read_config(workdir)) if has_config else None
     ckpt = Checkpointer(workdir, best_metric=best, async_save=False, read_only=True)
     try:
         state, meta = ckpt.restore(which)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -11,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jdiffseg.runtime import checkpoint
+from jdiffseg.config import schema
+from jdiffseg.runtime import checkpoint, run_dir
 
 
 def _loader(n: int = 40) -> grain.DataLoader:
@@ -78,7 +78,7 @@ def test_unfinished_save_is_ignored(tmp_path):
 
 
 def test_load_variables_reads_ema_and_best(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"train": {"best_metric": "dice"}}))
+    run_dir.write_config(str(tmp_path), schema.base_config())  # best by val_dice
     ckpt = checkpoint.Checkpointer(str(tmp_path), keep=1, best_metric="val_dice")
     ckpt.save(1, _state(1), metrics={"val_dice": 0.8})
     ckpt.save(2, _state(2), metrics={"val_dice": 0.4})
