@@ -8,6 +8,7 @@ from pathlib import Path
 import ml_collections
 from absl import flags
 
+from jdiffseg.cli import flags as cli_flags
 from jdiffseg.data.config import data_config_defaults
 from jdiffseg.data.images import DataError
 from jdiffseg.data.pipeline import make_loader
@@ -83,14 +84,7 @@ def main(argv: list[str]) -> int:
     """Runs `jdiffseg data ...`; `argv` excludes the program and `data` words. Returns 0 on
     success, 1 when the data is missing or bad (the message says which file and where)."""
     fv = _flags()
-    if any(a in ("-h", "--help", "-help") for a in argv):
-        print(_usage(fv))
-        return 0
-    try:
-        positional = fv(["jdiffseg data", *argv])[1:]
-    except flags.Error as e:
-        print(f"jdiffseg data: bad flag: {e}", file=sys.stderr)
-        return 2
+    positional = cli_flags.parse_positional(fv, "data", argv, _usage(fv))
     if len(positional) != 2 or positional[0] not in COMMANDS or positional[1] not in NAMES:
         print(f"jdiffseg data: expected build|show NAME, got {positional}\n\n{_usage(fv)}",
               file=sys.stderr)

@@ -71,3 +71,16 @@ def define_run_config_flag(
 def config_overrides(fv: flags.FlagValues) -> dict:
     """The `--config.a.b=v` values given on the command line, as dotted keys."""
     return dict(config_flags.get_override_values(fv["config"]))
+
+
+def parse_positional(fv: flags.FlagValues, prog: str, argv: list[str], usage: str) -> list[str]:
+    """Parses flags and returns the positional arguments; `--help` prints `usage` and exits 0,
+    a bad flag exits 2 with why (for subcommands that take positional arguments)."""
+    if any(a in ("-h", "--help", "-help") for a in argv):
+        print(usage)
+        sys.exit(0)
+    try:
+        return fv([f"jdiffseg {prog}", *argv])[1:]
+    except flags.Error as e:
+        print(f"jdiffseg {prog}: bad flag: {e}", file=sys.stderr)
+        sys.exit(2)

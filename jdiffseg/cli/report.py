@@ -6,6 +6,7 @@ import sys
 
 from absl import flags
 
+from jdiffseg.cli import flags as cli_flags
 from jdiffseg.evaluation import report
 
 
@@ -15,14 +16,8 @@ def main(argv: list[str]) -> int:
     flags.DEFINE_string("output", None, "path prefix of the .md and .csv written "
                         "(default: DIR/report for the first DIR)", flag_values=fv)
     flags.DEFINE_integer("digits", 3, "decimals shown in the Markdown table", flag_values=fv)
-    if any(a in ("-h", "--help", "-help") for a in argv):
-        print(f"usage: jdiffseg report DIR... [flags]\n\n{fv.get_help()}")
-        return 0
-    try:
-        paths = fv(["jdiffseg report", *argv])[1:]
-    except flags.Error as e:
-        print(f"jdiffseg report: bad flag: {e}", file=sys.stderr)
-        return 2
+    usage = f"usage: jdiffseg report DIR... [flags]\n\n{fv.get_help()}"
+    paths = cli_flags.parse_positional(fv, "report", argv, usage)
     try:
         result = report.report(paths, fv.output, fv.digits)
     except (FileNotFoundError, ValueError) as e:
