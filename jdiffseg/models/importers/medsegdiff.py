@@ -32,7 +32,7 @@ import jax
 import numpy as np
 
 from jdiffseg.models.importers import unet
-from jdiffseg.models.importers.torch_state import Path, assign, read_state_dict
+from jdiffseg.models.importers.torch_state import TORCH_LEAF, Path, assign, read_state_dict
 
 ENCODER_PREFIX = "hwm."
 BOTTLENECK_PROJ_KEYS = ("hwm.bottleneck_proj.weight", "hwm.bottleneck_proj.bias")
@@ -42,14 +42,7 @@ _BOTTLENECK = re.compile(r"^bottleneck_conv(\d+)$")
 _DEC = re.compile(r"^dec(\d+)_conv(\d+)$")
 _GATE = re.compile(r"^gate_(\d+)$")
 _LAYER = {"conv": "conv", "norm": "instnorm"}
-_LEAF = {
-    "kernel": "weight",
-    "scale": "weight",
-    "bias": "bias",
-    "mean": "running_mean",
-    "var": "running_var",
-    "complex_weight": "complex_weight",
-}
+_LEAF = {**TORCH_LEAF, "complex_weight": "complex_weight"}
 _GATE_LAYER = {"conv_a": "conv_trans_blocks_a", "conv_b": "conv_trans_blocks_b"}
 
 

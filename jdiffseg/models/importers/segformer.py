@@ -35,7 +35,14 @@ from typing import Any
 import jax
 import numpy as np
 
-from jdiffseg.models.importers.torch_state import Path, assign, flatten, read_state_dict, unflatten
+from jdiffseg.models.importers.torch_state import (
+    TORCH_LEAF,
+    Path,
+    assign,
+    flatten,
+    read_state_dict,
+    unflatten,
+)
 from jdiffseg.models.segformer import PATCH_SIZES, STRIDES, SegFormer
 
 PREFIX = "segformer."
@@ -56,13 +63,7 @@ _ATTENTION = {
     "layer_norm": "self.layer_norm",
     "dense": "output.dense",
 }
-_LEAF = {
-    "kernel": "weight",
-    "scale": "weight",
-    "bias": "bias",
-    "mean": "running_mean",
-    "var": "running_var",
-}
+_LEAF = TORCH_LEAF
 
 
 def _no_variable(path: Path) -> KeyError:

@@ -19,6 +19,14 @@ from typing import Any
 import numpy as np
 
 DDP_PREFIX = "module."
+# Flax leaf name -> PyTorch parameter or buffer name (BatchNorm statistics included).
+TORCH_LEAF = {
+    "kernel": "weight",
+    "scale": "weight",
+    "bias": "bias",
+    "mean": "running_mean",
+    "var": "running_var",
+}
 _LIST_LIMIT = 50
 
 Path = tuple[str, ...]
