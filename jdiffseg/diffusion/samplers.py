@@ -25,25 +25,12 @@ SAMPLERS = ("ddpm", "ddim", *dpm_solver.SOLVERS)
 
 
 def ddpm_sample(
-    model_fn: ModelFn,
-    s: Schedule,
-    shape: Sequence[int],
-    key: jax.Array,
-    *,
-    prediction: str = "eps",
-    variance: str = "fixed_large",
-    clip_x0: bool = False,
-    clip_range: tuple[float, float] = (-1.0, 1.0),
-    return_trajectory: bool = False,
-    timesteps: int | str | Sequence[int] | None = None,
-    noise: jax.Array | None = None,
+    model_fn: ModelFn, s: Schedule, shape: Sequence[int], key: jax.Array, **options: Any
 ) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
     """Ancestral sampling x_{t-1} ~ N(mean, variance) from x_T ~ N(0, I) down to x_0.
 
-    `timesteps`: a respacing spec for `space_timesteps` ("ddim25", "10,20", 50) applied to
-    `s` first (needs a concrete `s`); or pass an already `respace`d schedule. `noise`: x_T
-    (drawn from `key` if None). With `return_trajectory`, also returns {'x': x_{t-1},
-    'pred_x0', 't'} stacked over the steps, first step first.
+    `options` are those of `sample_chain` (prediction, variance, clipping, timesteps, noise,
+    return_trajectory).
     """
 
     def step(
@@ -52,10 +39,7 @@ def ddpm_sample(
         nonzero = gaussian.broadcast_like((t != 0).astype(x.dtype), x)
         return out["mean"] + nonzero * jnp.exp(0.5 * out["log_variance"]) * z
 
-    options = dict(prediction=prediction, variance=variance, clip_x0=clip_x0, clip_range=clip_range)
-    return _run_chain(
-        step, model_fn, s, shape, key, noise, timesteps, return_trajectory, options, True
-    )
+    return sample_chain(step, model_fn, s, shape, key, stochastic=True, **options)
 
 
 def ddim_sample(
@@ -65,18 +49,12 @@ def ddim_sample(
     key: jax.Array,
     *,
     eta: float = 0.0,
-    prediction: str = "eps",
-    variance: str = "fixed_large",
-    clip_x0: bool = False,
-    clip_range: tuple[float, float] = (-1.0, 1.0),
-    return_trajectory: bool = False,
-    timesteps: int | str | Sequence[int] | None = None,
-    noise: jax.Array | None = None,
+    **options: Any,
 ) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
     """DDIM (Song et al., eq. 12): η = 0 is deterministic, η = 1 matches DDPM's marginals.
 
     ε is re-derived from the (possibly clipped) x0 prediction; `variance` only tells how to
-    split the model output. Other arguments as `ddpm_sample`.
+    split the model output. `options` as `sample_chain`.
     """
 
     def step(
@@ -88,12 +66,9 @@ def ddim_sample(
         direction = jnp.sqrt(jnp.maximum(1.0 - ab_prev - sigma**2, 0.0))
         return out["pred_x0"] * jnp.sqrt(ab_prev) + direction * out["pred_eps"] + sigma * z
 
-    options = dict(prediction=prediction, variance=variance, clip_x0=clip_x0, clip_range=clip_range)
     # A literal η = 0 is deterministic: skip drawing per-step noise.
     stochastic = not (isinstance(eta, int | float) and eta == 0)
-    return _run_chain(
-        step, model_fn, s, shape, key, noise, timesteps, return_trajectory, options, stochastic
-    )
+    return sample_chain(step, model_fn, s, shape, key, stochastic=stochastic, **options)
 
 
 def ensemble_sample(
@@ -143,22 +118,32 @@ def ensemble_sample(
     return unfold(result, 0)
 
 
-def _run_chain(
+def sample_chain(
     step: StepFn,
     model_fn: ModelFn,
     s: Schedule,
     shape: Sequence[int],
     key: jax.Array,
-    noise: jax.Array | None,
-    timesteps: int | str | Sequence[int] | None,
-    return_trajectory: bool,
-    pmv_kwargs: dict[str, Any],
+    *,
     stochastic: bool,
+    prediction: str = "eps",
+    variance: str = "fixed_large",
+    clip_x0: bool = False,
+    clip_range: tuple[float, float] = (-1.0, 1.0),
+    return_trajectory: bool = False,
+    timesteps: int | str | Sequence[int] | None = None,
+    noise: jax.Array | None = None,
 ) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
     """Scan `step` from index T-1 down to 0, calling the model with original timesteps.
 
-    `stochastic=False` passes zeros as the step noise.
+    `timesteps`: a respacing spec for `space_timesteps` ("ddim25", "10,20", 50) applied to
+    `s` first (needs a concrete `s`); or pass an already `respace`d schedule. `noise`: x_T
+    (drawn from `key` if None). `stochastic=False` passes zeros as the step noise. With
+    `return_trajectory`, also returns {'x': x_{t-1}, 'pred_x0', 't'} stacked over the
+    steps, first step first.
     """
+    pmv_kwargs = dict(prediction=prediction, variance=variance, clip_x0=clip_x0,
+                      clip_range=clip_range)
     if timesteps is not None:
         s = respace(s, space_timesteps(s.num_timesteps, timesteps))
     shape = tuple(shape)

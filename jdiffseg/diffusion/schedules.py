@@ -246,24 +246,11 @@ def scale_timesteps(t: jax.Array, original_num_timesteps: int) -> jax.Array:
 
 
 def _validate_betas(betas: Sequence[float] | np.ndarray, where: str) -> np.ndarray:
-    b = np.asarray(betas, dtype=np.float64)
-    if b.ndim != 1 or len(b) < 2:
-        raise ValueError(f"{where}: need a 1-D array of at least 2 betas, got shape {b.shape}")
-    bad = np.flatnonzero(~np.isfinite(b) | (b <= 0.0) | (b >= 1.0))
-    if bad.size:
-        i = int(bad[0])
-        raise ValueError(f"{where}: every beta must lie in (0, 1); beta[{i}] = {float(b[i])!r}")
-    return b
+    return _validate_unit_interval(betas, where, "beta")
 
 
 def _validate_alphas_cumprod(values: Sequence[float] | np.ndarray, where: str) -> np.ndarray:
-    ac = np.asarray(values, dtype=np.float64)
-    if ac.ndim != 1 or len(ac) < 2:
-        raise ValueError(f"{where}: need a 1-D array of at least 2 values, got shape {ac.shape}")
-    bad = np.flatnonzero(~np.isfinite(ac) | (ac <= 0.0) | (ac >= 1.0))
-    if bad.size:
-        i = int(bad[0])
-        raise ValueError(f"{where}: every value must lie in (0, 1); value[{i}] = {float(ac[i])!r}")
+    ac = _validate_unit_interval(values, where, "value")
     rising = np.flatnonzero(np.diff(ac) >= 0.0)
     if rising.size:
         i = int(rising[0]) + 1
@@ -272,3 +259,16 @@ def _validate_alphas_cumprod(values: Sequence[float] | np.ndarray, where: str) -
             f"value[{i - 1}] = {float(ac[i - 1])!r}"
         )
     return ac
+
+
+def _validate_unit_interval(values: Sequence[float] | np.ndarray, where: str, name: str
+                            ) -> np.ndarray:
+    """A 1-D float64 array of at least 2 finite entries, each strictly inside (0, 1)."""
+    a = np.asarray(values, dtype=np.float64)
+    if a.ndim != 1 or len(a) < 2:
+        raise ValueError(f"{where}: need a 1-D array of at least 2 {name}s, got shape {a.shape}")
+    bad = np.flatnonzero(~np.isfinite(a) | (a <= 0.0) | (a >= 1.0))
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(f"{where}: every {name} must lie in (0, 1); {name}[{i}] = {float(a[i])!r}")
+    return a

@@ -29,9 +29,7 @@ class EnsemDiff(nn.Module):
     def __call__(
         self, x_t: jax.Array, t: jax.Array, image: jax.Array | None = None, *, train: bool = False
     ) -> dict[str, jax.Array]:
-        modes.check_inputs(
-            "EnsemDiff", self.mode, x_t, image, self.image_channels, self.mask_channels
-        )
+        modes.check_inputs(self, x_t, image)
         x = x_t if image is None else jnp.concatenate([image.astype(x_t.dtype), x_t], axis=-1)
         return {"out": self.unet(x, t, train=train)}
 

@@ -140,9 +140,7 @@ class MedSegDiff(nn.Module):
         self, x_t: jax.Array, t: jax.Array, image: jax.Array | None = None, *, train: bool = False
     ) -> dict[str, jax.Array]:
         self._check()
-        modes.check_inputs(
-            "MedSegDiff", self.mode, x_t, image, self.image_channels, self.mask_channels
-        )
+        modes.check_inputs(self, x_t, image)
         unet = self.unet
         if self.encoder is None:
             return {"out": unet(x_t, t, train=train)}

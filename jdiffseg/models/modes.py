@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 
@@ -50,15 +52,11 @@ def init_inputs(
     return x_t, jnp.zeros((B,), jnp.int32), image
 
 
-def check_inputs(
-    where: str,
-    mode: str,
-    x_t: jax.Array,
-    image: jax.Array | None,
-    image_channels: int,
-    mask_channels: int,
-) -> None:
-    """Validates the call of a model in ``mode``; errors name the model and the shapes."""
+def check_inputs(model: Any, x_t: jax.Array, image: jax.Array | None) -> None:
+    """Validates a call of ``model`` (a module with ``mode``, ``image_channels`` and
+    ``mask_channels`` fields); errors name the model, its mode and the shapes."""
+    where, mode = type(model).__name__, model.mode
+    image_channels, mask_channels = model.image_channels, model.mask_channels
     want = x_channels(mode, image_channels, mask_channels)
     if x_t.ndim != 4 or x_t.shape[-1] != want:
         raise ValueError(

@@ -58,18 +58,19 @@ GUIDED_DIFFUSION_256: dict[str, Any] = dict(
     learn_sigma=True,
 )
 
+# The CPU-sized UNet the tiny presets share: 32 channels, 3 levels, attention at 1/4.
+TINY_UNET: dict[str, Any] = dict(
+    UNET_DEFAULTS,
+    base_channels=32,
+    channel_mult=(1, 2, 2),
+    num_res_blocks=1,
+    attention_resolutions=(4,),
+)
+
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "ensemdiff": {
         "paper": dict(GUIDED_DIFFUSION_256),
-        "tiny": dict(
-            UNET_DEFAULTS,
-            base_channels=32,
-            channel_mult=(1, 2, 2),
-            num_res_blocks=1,
-            attention_resolutions=(4,),
-            num_heads=1,
-            learn_sigma=True,
-        ),
+        "tiny": dict(TINY_UNET, num_heads=1, learn_sigma=True),
     },
     "segdiff": {
         "paper": dict(
@@ -85,11 +86,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             rrdb_growth=32,
         ),
         "tiny": dict(
-            UNET_DEFAULTS,
-            base_channels=32,
-            channel_mult=(1, 2, 2),
-            num_res_blocks=1,
-            attention_resolutions=(4,),
+            TINY_UNET,
             num_heads=2,
             learn_sigma=False,
             rrdb_blocks=1,

@@ -31,9 +31,7 @@ class SegDiff(nn.Module):
     def __call__(
         self, x_t: jax.Array, t: jax.Array, image: jax.Array | None = None, *, train: bool = False
     ) -> dict[str, jax.Array]:
-        modes.check_inputs(
-            "SegDiff", self.mode, x_t, image, self.image_channels, self.mask_channels
-        )
+        modes.check_inputs(self, x_t, image)
         features = None if image is None or self.rrdb is None else self.rrdb(image)
         return {"out": self.unet(x_t, t, first_add=features, train=train)}
 

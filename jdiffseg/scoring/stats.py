@@ -9,6 +9,7 @@ so the same inputs and seed give the same interval.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -58,18 +59,14 @@ def bootstrap_ci(
 
 
 def summarize(
-    values: np.ndarray | list[float],
-    *,
-    num_resamples: int = DEFAULT_RESAMPLES,
-    confidence: float = DEFAULT_CONFIDENCE,
-    seed: int = 0,
-    name: str = "values",
+    values: np.ndarray | list[float], *, name: str = "values", **interval_options: Any
 ) -> dict[str, float]:
-    """Mean, sample std (ddof=1; 0.0 for a single value), bootstrap interval and count."""
+    """Mean, sample std (ddof=1; 0.0 for a single value), bootstrap interval and count.
+
+    `interval_options` (num_resamples, confidence, seed) go to `bootstrap_ci`.
+    """
     arr = _as_values(values, name)
-    low, high = bootstrap_ci(
-        arr, num_resamples=num_resamples, confidence=confidence, seed=seed, name=name
-    )
+    low, high = bootstrap_ci(arr, name=name, **interval_options)
     std = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
     return {
         "mean": float(arr.mean()),
@@ -81,19 +78,10 @@ def summarize(
 
 
 def summarize_all(
-    per_image: Mapping[str, np.ndarray | list[float]],
-    *,
-    num_resamples: int = DEFAULT_RESAMPLES,
-    confidence: float = DEFAULT_CONFIDENCE,
-    seed: int = 0,
+    per_image: Mapping[str, np.ndarray | list[float]], **interval_options: Any
 ) -> dict[str, dict[str, float]]:
     """:func:`summarize` for every metric of a ``{name: per-image values}`` mapping."""
-    return {
-        key: summarize(
-            vals, num_resamples=num_resamples, confidence=confidence, seed=seed, name=key
-        )
-        for key, vals in per_image.items()
-    }
+    return {key: summarize(vals, name=key, **interval_options) for key, vals in per_image.items()}
 
 
 def format_summary(summary: Mapping[str, float], digits: int = 3) -> str:

@@ -34,7 +34,11 @@ BINARY_CLASSES = ("background", "foreground")
 class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Base of all builders here: unregistered (no name clashes with TFDS's catalogue) and
     locating its own source file directly, which TFDS otherwise does through
-    `importlib_resources`, a package that is absent when TensorFlow's extras are not installed."""
+    `importlib_resources`, a package that is absent when TensorFlow's extras are not installed.
+    All builders here share one version."""
+
+    VERSION = VERSION
+    RELEASE_NOTES = RELEASE_NOTES
 
     @tfds.core.utils.classproperty
     @classmethod

@@ -138,8 +138,6 @@ class Folder(common.Builder, skip_registration=True):
     normalised to a square image_size."""
 
     name = "folder"
-    VERSION = common.VERSION
-    RELEASE_NOTES = common.RELEASE_NOTES
     MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
     # No predefined configs: the split file is a setting that the config name does not encode.
 

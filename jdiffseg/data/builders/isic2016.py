@@ -65,8 +65,6 @@ class Isic2016(common.Builder, skip_registration=True):
     """ISIC 2016 part 1 lesion segmentation; validation carved from training with a fixed seed."""
 
     name = "isic2016"
-    VERSION = common.VERSION
-    RELEASE_NOTES = common.RELEASE_NOTES
     MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
     BUILDER_CONFIGS = [make_config()]  # noqa: RUF012
 

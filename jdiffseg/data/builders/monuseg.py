@@ -96,8 +96,6 @@ class Monuseg(common.Builder, skip_registration=True):
     """MoNuSeg 2018 nuclei segmentation patches with binary masks and instance maps."""
 
     name = "monuseg"
-    VERSION = common.VERSION
-    RELEASE_NOTES = common.RELEASE_NOTES
     MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
     BUILDER_CONFIGS = [make_config()]  # noqa: RUF012
 

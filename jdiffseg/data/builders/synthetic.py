@@ -47,8 +47,6 @@ class Synthetic(common.Builder, skip_registration=True):
     deterministic from the config's seed."""
 
     name = "synthetic"
-    VERSION = common.VERSION
-    RELEASE_NOTES = common.RELEASE_NOTES
     BUILDER_CONFIGS = [make_config(v) for v in procedural.ALL_VARIANTS]  # noqa: RUF012
 
     def _info(self) -> tfds.core.DatasetInfo:
