@@ -80,7 +80,12 @@ def restore(
     use_ema: bool,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(variables, meta) of checkpoint `which` of the run in `workdir` (EMA parameters when
-    `use_ema`), checked against the variables `model` builds for images of `image_shape`."""
+    `use_ema`), checked against the variables `model` builds for images of `image_shape`.
+
+    'best' and 'latest' go on past a checkpoint that does not restore to the next one, naming
+    the skipped step in a warning and leaving the run's files as they are (readers never write
+    into a training run's checkpoints); an explicit step that does not restore raises
+    `checkpoint.CheckpointRestoreError`. `meta['step']` is the step actually used."""
     require_checkpoint(workdir)
     variables, meta = checkpoint.load_variables(str(workdir), which, use_ema=use_ema)
     where = f"{os.path.join(str(workdir), 'config.json')} vs checkpoint step {meta.get('step')}"
