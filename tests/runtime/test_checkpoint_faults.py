@@ -31,10 +31,10 @@ def _state(v: float) -> dict:
     return {f"w{i}": jnp.asarray(rng.normal(size=16384).astype(np.float32)) + v for i in range(4)}
 
 
-def _save(workdir: Path, steps: list[int]) -> None:
+def _save(workdir: Path, steps: list[int], dice: list[float] | None = None) -> None:
     ckpt = checkpoint.Checkpointer(str(workdir), keep=5, best_metric="val_dice")
-    for step in steps:
-        ckpt.save(step, _state(step), metrics={"val_dice": step / 10})
+    for step, d in zip(steps, dice or [s / 10 for s in steps], strict=True):
+        ckpt.save(step, _state(step), metrics={"val_dice": d})
     ckpt.close()
 
 
@@ -86,6 +86,16 @@ def test_readers_skip_without_writing_and_an_explicit_step_fails_loudly(tmp_path
         ckpt.restore("3")
     ckpt.close()
     assert _listing(tmp_path) == before
+
+
+def test_best_falls_back_to_the_next_best_then_latest_to_the_newest(tmp_path):
+    _save(tmp_path, [1, 2, 3], dice=[0.5, 0.1, 0.9])
+    _truncate_data(tmp_path, 3)
+    ckpt = checkpoint.Checkpointer(str(tmp_path), best_metric="val_dice", read_only=True)
+    assert ckpt.candidates("best") == [3, 1, 2] and ckpt.candidates("latest") == [3, 2, 1]
+    assert ckpt.restore("best")[1]["step"] == 1
+    assert ckpt.restore("latest")[1]["step"] == 2
+    ckpt.close()
 
 
 def test_when_nothing_restores_nothing_is_moved_and_all_tries_are_listed(tmp_path):

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from lock_support import dead_pid, plant_lock
 
 from jdiffseg.runtime import lock
 
@@ -41,26 +42,6 @@ def _spawn(workdir: Path, hold: float) -> subprocess.Popen:
     )
 
 
-def _plant(workdir: Path, **fields) -> None:
-    """A lock file as another trainer would have left it."""
-    holder = {
-        "host": socket.gethostname(),
-        "pid": os.getppid(),
-        "started": "2026-01-01T00:00:00",
-        "heartbeat": time.time(),
-        "token": "other",
-        "pid_namespace": lock._pid_namespace(),
-    }
-    workdir.mkdir(exist_ok=True)
-    (workdir / lock.LOCK_FILE).write_text(json.dumps({**holder, **fields}))
-
-
-def _dead_pid() -> int:
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
-
-
 def test_holder_is_named_and_lock_released(tmp_path):
     held = lock.acquire(str(tmp_path), stale_after=60)
     holder = lock.read_holder(str(tmp_path))
@@ -87,8 +68,8 @@ def test_second_trainer_is_refused_naming_the_holder(tmp_path):
 
 
 def test_lock_of_a_dead_process_is_taken_over_with_a_warning(tmp_path, caplog):
-    dead = _dead_pid()
-    _plant(tmp_path, pid=dead)
+    dead = dead_pid()
+    plant_lock(tmp_path, pid=dead)
     with lock.acquire(str(tmp_path), stale_after=60) as held:
         assert lock.read_holder(str(tmp_path)).pid == os.getpid()
         assert held.held()
@@ -97,7 +78,7 @@ def test_lock_of_a_dead_process_is_taken_over_with_a_warning(tmp_path, caplog):
 
 
 def test_other_host_lock_is_stale_only_after_the_timeout(tmp_path, caplog):
-    _plant(tmp_path, host="node-17", pid=1, heartbeat=time.time() - 20)
+    plant_lock(tmp_path, host="node-17", pid=1, heartbeat=time.time() - 20)
     with pytest.raises(lock.WorkdirLockedError, match="host node-17, PID 1"):
         lock.acquire(str(tmp_path), stale_after=60)
     assert json.loads((tmp_path / lock.LOCK_FILE).read_text())["token"] == "other"  # untouched
@@ -108,7 +89,7 @@ def test_other_host_lock_is_stale_only_after_the_timeout(tmp_path, caplog):
 
 def test_a_lock_that_missed_its_heartbeats_is_waited_for(tmp_path, caplog):
     # Another node's job died 0.5 s ago; it beat every 0.1 s and goes stale after 1.5 s.
-    _plant(tmp_path, host="node-17", pid=1, heartbeat=time.time() - 0.5)
+    plant_lock(tmp_path, host="node-17", pid=1, heartbeat=time.time() - 0.5)
     start = time.time()
     with lock.acquire(str(tmp_path), stale_after=1.5, heartbeat_every=0.1):
         assert 0.9 < time.time() - start < 5
@@ -118,7 +99,7 @@ def test_a_lock_that_missed_its_heartbeats_is_waited_for(tmp_path, caplog):
 
 def test_other_pid_namespace_is_judged_by_heartbeat_only(tmp_path):
     # The same host name and a PID that does not exist here: in another container it may.
-    _plant(tmp_path, pid=_dead_pid(), pid_namespace="pid:[1]")
+    plant_lock(tmp_path, pid=dead_pid(), pid_namespace="pid:[1]")
     with pytest.raises(lock.WorkdirLockedError):
         lock.acquire(str(tmp_path), stale_after=60)
 
@@ -130,7 +111,7 @@ def test_heartbeat_refreshes_and_a_lost_lock_is_noticed(tmp_path):
     assert lock.read_holder(str(tmp_path)).heartbeat > first
     held.check()
     # Another trainer judged this run dead and took the lock over.
-    _plant(tmp_path, host="node-17", token="thief")
+    plant_lock(tmp_path, host="node-17", token="thief")
     with pytest.raises(lock.WorkdirLockedError, match=r"no longer holds .* host node-17"):
         held.check()
     held.release()
@@ -138,7 +119,7 @@ def test_heartbeat_refreshes_and_a_lost_lock_is_noticed(tmp_path):
 
 
 def test_racing_takers_of_a_stale_lock_get_exactly_one_winner(tmp_path):
-    _plant(tmp_path, pid=_dead_pid())
+    plant_lock(tmp_path, pid=dead_pid())
     procs = [_spawn(tmp_path, hold=3) for _ in range(3)]
     outs = [p.communicate(timeout=60)[0] for p in procs]
     assert sum(o.startswith("held") for o in outs) == 1, outs
