@@ -112,6 +112,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 500
     c.train.keep_checkpoints = 2
     c.train.best_metric = "dice"  # validation metric that picks the best checkpoint
+    c.train.lock_timeout = 300.0  # s: a workdir lock not refreshed for this long is taken over
     c.train.fsdp = False
     c.train.distributed = False  # call jax.distributed.initialize()
     c.train.coordinator_address = config_dict.placeholder(str)

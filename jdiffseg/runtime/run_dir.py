@@ -2,7 +2,8 @@
 that depend on them (which metric picks the best checkpoint, what a resume may change).
 
 Layout: `WORKDIR/config.json` (the resolved config), `finished.json` (written when training
-ends), `metrics.jsonl` (`runlog`), `checkpoints/` (`checkpoint`), `eval/` and `analysis/`.
+ends), `metrics.jsonl` (`runlog`), `checkpoints/` (`checkpoint`), `train.lock` (`lock`, while a
+trainer runs), `eval/` and `analysis/`.
 Only process 0 writes; files are written to a temporary name and renamed, so a reader never
 sees half a file.
 """

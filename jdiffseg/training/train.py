@@ -7,20 +7,20 @@ step over a device mesh (batch split over 'data', state replicated or FSDP-shard
 buffers donated); a thread puts the next batches on the devices ahead of the step
 (`config.data.prefetch`). Randomness is `fold_in(PRNGKey(seed), step)` and the data order is
 the saved grain iterator state (of the last batch used, not of the read-ahead), so a run killed
-at any moment and restarted ends with the same params as an uninterrupted one. SIGTERM saves a
-checkpoint and exits; a non-finite loss stops the run naming the step and leaves the last good
-checkpoint untouched.
+at any moment and restarted ends with the same params as an uninterrupted one. SIGTERM or a
+first Ctrl-C saves a checkpoint and exits; a non-finite loss stops the run naming the step and
+leaves the last good checkpoint untouched. The run holds the workdir's lock throughout, so a
+second trainer on the same workdir stops at once; a file that cannot be written stops it with
+one line.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
-import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import flax
@@ -36,14 +36,12 @@ from jdiffseg.data import pipeline, prefetch
 from jdiffseg.diffusion import objectives, timesteps
 from jdiffseg.models import build_model, modes
 from jdiffseg.models.pretrained import load_pretrained
-from jdiffseg.runtime import checkpoint, run_dir, runlog, sharding
+from jdiffseg.runtime import checkpoint, io_errors, lock, run_dir, runlog, sharding, stop_signals
 from jdiffseg.scoring import predictors
 from jdiffseg.training import optim, validation
 
 # fold_in tags of the root key: one stream per purpose (validation's is validation.VAL_STREAM).
 INIT_STREAM, TRAIN_STREAM = 0, 1
-# A preempted run exits with 128 + SIGTERM, as if the signal had ended it (schedulers requeue).
-PREEMPTED_EXIT = 128 + signal.SIGTERM
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -201,45 +199,60 @@ def jit_train_step(step_fn: Callable, state_shardings: Any, mesh: Mesh) -> Calla
 # --------------------------------------------------------------------------------- helpers
 
 
-@contextlib.contextmanager
-def _sigterm_flag() -> Iterator[dict[str, bool]]:
-    """A flag set by SIGTERM while training (main thread of a single process only)."""
-    flag = {"set": False}
-    if jax.process_count() > 1 or not _in_main_thread():
-        yield flag
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        flag["set"] = True
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield flag
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _in_main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
+def _lock_workdir(workdir: str, config: Any) -> lock.WorkdirLock | None:
+    """The workdir's lock, taken by process 0 (None elsewhere); every process raises when it
+    could not be taken, so a multi-host job stops as one."""
+    held, refused = None, None
+    if run_dir.is_primary():
+        try:
+            held = lock.acquire(workdir, stale_after=float(config.train.lock_timeout))
+        except lock.WorkdirLockedError as e:
+            refused = e
+    if jax.process_count() > 1:
+        taken = multihost_utils.broadcast_one_to_all(np.int32(refused is None))
+        if not taken and refused is None:
+            refused = lock.WorkdirLockedError(f"process 0 could not lock {workdir}; see its log")
+    if refused is not None:
+        raise refused
+    return held
 
 
-def _preempted(flag: dict[str, bool], step: int) -> bool:
+def _preempted(stop: stop_signals.StopRequest, step: int) -> bool:
     if jax.process_count() > 1:
         return multihost_utils.reached_preemption_sync_point(step)
-    return flag["set"]
+    return stop.signum is not None
 
 
 # ------------------------------------------------------------------------------------ main
 
 
 def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
-    """Trains (or resumes) the run in `workdir`; returns the last validation metrics."""
-    # ---- mesh
+    """Trains (or resumes) the run in `workdir`; returns the last validation metrics.
+
+    Holds the workdir's lock for the whole run (lock.WorkdirLockedError, before anything is
+    written, when another trainer holds it). A file that cannot be written (no space, no
+    permission) stops the run with a one-line io_errors.RunIOError."""
     sharding.maybe_initialize_distributed(config.train)
-    mesh = sharding.make_mesh()
     os.makedirs(workdir, exist_ok=True)
+    held = _lock_workdir(workdir, config)
+    try:
+        return _train(config, workdir, held)
+    except OSError as e:
+        failure = None
+        if e.errno in io_errors.WRITE_ERRNOS:
+            last = checkpoint.last_complete(workdir)
+            failure = io_errors.io_failure(e, f"training {workdir} stopped", last)
+        if failure is None:
+            raise
+        raise failure from e
+    finally:
+        if held is not None:
+            held.release()
+
+
+def _train(config: Any, workdir: str, held: lock.WorkdirLock | None) -> dict[str, float]:
+    # ---- mesh
+    mesh = sharding.make_mesh()
     run_dir.check_resume_config(workdir, config)
     run_dir.write_config(workdir, config)
     total_steps = int(config.train.steps)
@@ -286,11 +299,10 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
         )
         try:
             state, _ = ckpt.restore("latest", target, data_iterator=train_iter)
-        except ValueError as e:
-            raise ValueError(
-                f"the checkpoint in {ckpt.directory} does not fit this config's train state "
-                f"(did config.train change the optimiser, e.g. grad_clip?): {e}"
-            ) from e
+        except checkpoint.CheckpointRestoreError as e:
+            raise checkpoint.CheckpointRestoreError(
+                f"{e} (did config.train change the optimiser, e.g. grad_clip?)"
+            ) from e.__cause__
     elif config.model.pretrained:
         state = start_from_pretrained(config, model, state, state_sh)
     step = int(state.step)
@@ -325,15 +337,21 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
         lambda b: pipeline.to_global({"image": b["image"], "mask": b["mask"]}, mesh),
         int(config.data.prefetch),
     )
+
+    def save(metrics: dict[str, float] | None = None) -> None:
+        if held is not None:
+            held.check()  # another trainer took the workdir over: write nothing more
+        ckpt.save(step, state, train_iter, metrics=metrics)
+
     try:
-        with _sigterm_flag() as sigterm:
+        with stop_signals.stop_requests(enabled=jax.process_count() == 1) as stop:
             while step < total_steps:
-                if _preempted(sigterm, step):
+                if _preempted(stop, step):
                     check_finite()
-                    ckpt.save(step, state, train_iter)
+                    save()
                     ckpt.close()
-                    progress.write(f"SIGTERM: saved a checkpoint at step {step}; exiting")
-                    sys.exit(PREEMPTED_EXIT)
+                    progress.write(f"{stop.name}: saved a checkpoint at step {step}; exiting")
+                    sys.exit(stop.exit_code)
                 state, scalars = train_step(state, next(train_iter))
                 pending.append(scalars)
                 step += 1
@@ -359,7 +377,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
                     )
                 if (ckpt_every > 0 and step % ckpt_every == 0) or val or step == total_steps:
                     check_finite()
-                    ckpt.save(step, state, train_iter, metrics=val or None)
+                    save(val or None)
             if not last_val and ckpt.latest_step() is not None:
                 last_val = ckpt.metrics(ckpt.latest_step())
     finally:

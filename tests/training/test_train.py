@@ -1,18 +1,23 @@
-"""The training loop end to end on a 16 px synthetic set: logs, checkpoints, resume, NaN stop."""
+"""The training loop end to end on a 16 px synthetic set: logs, checkpoints, resume past a
+damaged checkpoint and a dead trainer's lock, a second trainer refused, Ctrl-C, NaN stop."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
+from lock_support import dead_pid, plant_lock
 from train_support import tiny_config
 
 from jdiffseg.config import parsing
-from jdiffseg.runtime import checkpoint, runlog
+from jdiffseg.models import build_model
+from jdiffseg.runtime import checkpoint, lock, runlog, variables
 from jdiffseg.training import train
 
 
@@ -50,19 +55,91 @@ def test_run_writes_config_metrics_and_checkpoints(trained):
     assert json.loads((workdir / "finished.json").read_text())["step"] == 4
 
 
-def test_resume_reproduces_the_uninterrupted_run(trained, tmp_path):
-    workdir, config, _ = trained
-    final, _ = _params(workdir)
+def _unfinished_copy(workdir: Path, tmp_path: Path) -> Path:
     copy = tmp_path / "run"
     shutil.copytree(workdir, copy)
-    shutil.rmtree(copy / "checkpoints" / "4")  # as if the run had died after step 2
     (copy / "finished.json").unlink()
+    return copy
+
+
+def _listing(workdir: Path) -> list[str]:
+    return sorted(os.listdir(workdir / "checkpoints"))
+
+
+def test_resume_past_a_damaged_checkpoint_reproduces_the_uninterrupted_run(
+    trained, tmp_path, caplog
+):
+    workdir, config, _ = trained
+    final, _ = _params(workdir)
+    copy = _unfinished_copy(workdir, tmp_path)
+    # The run died after step 4, which a crashed storage node left with its data files cut short.
+    for path in (copy / "checkpoints" / "4" / "state").rglob("*"):
+        if path.parent.name == "d":
+            os.truncate(path, 10)
+    # Readers (evaluate, analyze) restore through `variables.restore`: they use step 2, name the
+    # skipped step 4 and write nothing; asking for step 4 explicitly fails.
+    model = build_model(config.model, image_channels=3)
+    image_shape = (tiny_config(".").data.image_size,) * 2 + (3,)
+    _, meta = variables.restore(copy, config, model, image_shape, which="latest", use_ema=True)
+    assert meta["step"] == 2
+    assert any(r.getMessage().startswith("checkpoint step 4 in ") and
+               r.getMessage().endswith("skipped it, using step 2") for r in caplog.records)
+    assert variables.restore(copy, config, model, image_shape, which="best",
+                             use_ema=True)[1]["step"] == 2
+    with pytest.raises(checkpoint.CheckpointRestoreError, match=r"step 4 in .* does not restore"):
+        variables.restore(copy, config, model, image_shape, which=4, use_ema=True)
+    assert _listing(copy) == ["2", "4"]
+    # The dead trainer's lock is still there; its process is gone, so it is taken over.
+    dead = dead_pid()
+    plant_lock(copy, pid=dead, token="killed")
+    caplog.clear()
     train.train_and_evaluate(config, str(copy))
     resumed, meta = _params(copy)
     assert meta["step"] == 4
-    jax.tree.map(np.testing.assert_array_equal, resumed, final)  # bit-exact
+    jax.tree.map(np.testing.assert_array_equal, resumed, final)  # bit-exact from step 2
     steps = [r["step"] for r in runlog.read_metrics(str(copy)) if "loss" in r]
     assert steps == [1, 2, 3, 4]  # the re-run steps are logged once
+    assert _listing(copy) == ["2", "4", "4.corrupt"]  # moved aside by the trainer, not deleted
+    messages = [r.getMessage() for r in caplog.records]
+    skipped = [m for m in messages if m.startswith("checkpoint step 4 does not restore")]
+    assert len(skipped) == 1 and skipped[0].endswith("resuming from step 2")
+    assert any(f"process {dead} is gone" in m for m in messages)
+    assert not (copy / lock.LOCK_FILE).exists()  # released at the end
+
+
+def test_second_trainer_on_a_workdir_is_refused(trained, tmp_path):
+    workdir, config, _ = trained
+    copy = _unfinished_copy(workdir, tmp_path)
+    plant_lock(copy)  # a live trainer: this test's parent process
+    before = {p.name: p.read_bytes() for p in copy.iterdir() if p.is_file()}
+    with pytest.raises(lock.WorkdirLockedError, match=f"PID {os.getppid()}, started"):
+        train.train_and_evaluate(config, str(copy))
+    assert {p.name: p.read_bytes() for p in copy.iterdir() if p.is_file()} == before
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_a_checkpoint_and_exits_130(trained, tmp_path, monkeypatch, capsys):
+    workdir, config, _ = trained
+    copy = _unfinished_copy(workdir, tmp_path)
+    shutil.rmtree(copy / "checkpoints" / "4")  # resume from step 2
+    jit_train_step = train.jit_train_step
+
+    def pressing_ctrl_c(*args):  # Ctrl-C arrives during the first step
+        step_fn = jit_train_step(*args)
+
+        def step(state, batch):
+            os.kill(os.getpid(), signal.SIGINT)
+            return step_fn(state, batch)
+
+        return step
+
+    monkeypatch.setattr(train, "jit_train_step", pressing_ctrl_c)
+    with pytest.raises(SystemExit) as info:
+        train.train_and_evaluate(config, str(copy))
+    assert info.value.code == 130
+    assert "SIGINT: saved a checkpoint at step 3; exiting" in capsys.readouterr().err
+    assert _listing(copy) == ["2", "3"] and not (copy / "finished.json").exists()
+    assert not (copy / lock.LOCK_FILE).exists()
 
 
 def test_finished_run_is_not_retrained(trained):
