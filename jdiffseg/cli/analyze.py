@@ -19,7 +19,7 @@ from jdiffseg.analysis import analyze, fingerprint
 from jdiffseg.analysis import results as results_io
 from jdiffseg.cli import flags as cli_flags
 from jdiffseg.config import schema
-from jdiffseg.runtime import run_dir
+from jdiffseg.runtime import checkpoint, run_dir
 
 
 def _expand_compare(argv: Sequence[str]) -> list[str]:
@@ -85,9 +85,13 @@ def main(argv: list[str]) -> int:
     if fv.reuse:
         result = results_io.load_results(fv.workdir)
     else:
-        result = analyze.analyze(fv.workdir, config=config.value,
-                                 mask_only_workdir=fv.mask_only_workdir,
-                                 image_generation_workdir=fv.image_generation_workdir)
+        try:
+            result = analyze.analyze(fv.workdir, config=config.value,
+                                     mask_only_workdir=fv.mask_only_workdir,
+                                     image_generation_workdir=fv.image_generation_workdir)
+        except checkpoint.CheckpointRestoreError as e:
+            print(f"jdiffseg analyze: {e}", file=sys.stderr)
+            return 1
     print(fingerprint.format_summary(result["fingerprint"]))
     for name, entry in result.get("classes", {}).items():
         print(f"{name}: {fingerprint.format_summary(entry['fingerprint'])}")
