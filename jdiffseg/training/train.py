@@ -201,12 +201,14 @@ def jit_train_step(step_fn: Callable, state_shardings: Any, mesh: Mesh) -> Calla
 
 def _lock_workdir(workdir: str, config: Any) -> lock.WorkdirLock | None:
     """The workdir's lock, taken by process 0 (None elsewhere); every process raises when it
-    could not be taken, so a multi-host job stops as one."""
-    held, refused = None, None
+    could not be taken (held by another trainer, or the lock file cannot be written), so a
+    multi-host job stops as one."""
+    held: lock.WorkdirLock | None = None
+    refused: Exception | None = None
     if run_dir.is_primary():
         try:
             held = lock.acquire(workdir, stale_after=float(config.train.lock_timeout))
-        except lock.WorkdirLockedError as e:
+        except (lock.WorkdirLockedError, OSError) as e:
             refused = e
     if jax.process_count() > 1:
         taken = multihost_utils.broadcast_one_to_all(np.int32(refused is None))
@@ -233,9 +235,10 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
     written, when another trainer holds it). A file that cannot be written (no space, no
     permission) stops the run with a one-line io_errors.RunIOError."""
     sharding.maybe_initialize_distributed(config.train)
-    os.makedirs(workdir, exist_ok=True)
-    held = _lock_workdir(workdir, config)
+    held = None
     try:
+        os.makedirs(workdir, exist_ok=True)
+        held = _lock_workdir(workdir, config)
         return _train(config, workdir, held)
     except OSError as e:
         failure = None
