@@ -254,6 +254,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
 
 
 def _train(config: Any, workdir: str, held: lock.WorkdirLock | None) -> dict[str, float]:
+    """The run itself, under the workdir's lock `held` (None on processes other than 0)."""
     # ---- mesh
     mesh = sharding.make_mesh()
     run_dir.check_resume_config(workdir, config)
