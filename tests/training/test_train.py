@@ -117,29 +117,24 @@ def test_second_trainer_on_a_workdir_is_refused(trained, tmp_path):
     assert {p.name: p.read_bytes() for p in copy.iterdir() if p.is_file()} == before
 
 
-@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_exits_130(trained, tmp_path, monkeypatch, capsys):
-    workdir, config, _ = trained
-    copy = _unfinished_copy(workdir, tmp_path)
-    shutil.rmtree(copy / "checkpoints" / "4")  # resume from step 2
-    jit_train_step = train.jit_train_step
+    _, config, _ = trained
+    workdir = tmp_path / "run"
+    preempted = train._preempted
 
-    def pressing_ctrl_c(*args):  # Ctrl-C arrives during the first step
-        step_fn = jit_train_step(*args)
-
-        def step(state, batch):
+    def ctrl_c_before_the_first_step(stop, step):  # the key pressed as the loop starts
+        if stop.signum is None:
             os.kill(os.getpid(), signal.SIGINT)
-            return step_fn(state, batch)
+        return preempted(stop, step)
 
-        return step
-
-    monkeypatch.setattr(train, "jit_train_step", pressing_ctrl_c)
+    monkeypatch.setattr(train, "_preempted", ctrl_c_before_the_first_step)
     with pytest.raises(SystemExit) as info:
-        train.train_and_evaluate(config, str(copy))
+        train.train_and_evaluate(config, str(workdir))
     assert info.value.code == 130
-    assert "SIGINT: saved a checkpoint at step 3; exiting" in capsys.readouterr().err
-    assert _listing(copy) == ["2", "3"] and not (copy / "finished.json").exists()
-    assert not (copy / lock.LOCK_FILE).exists()
+    assert "SIGINT: saved a checkpoint at step 0; exiting" in capsys.readouterr().err
+    assert _listing(workdir) == ["0"] and not (workdir / "finished.json").exists()
+    assert not (workdir / lock.LOCK_FILE).exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
 
 
 def test_finished_run_is_not_retrained(trained):
