@@ -264,5 +264,6 @@ def test_brats_missing_modality_and_unknown_target(tmp_path):
     ):
         build(Brats, root, tmp_path, image_size=8)
     write_brats(tmp_path / "m", n=2)
-    with pytest.raises(DataError, match=r"target 'liver' is neither .* 'whole_tumour'"):
+    expected = r"target 'liver' is not 'foreground', 'classes', .* 'whole_tumour'"
+    with pytest.raises(DataError, match=expected):
         build(Brats, root, tmp_path, image_size=8, target="liver")

@@ -122,7 +122,7 @@ def target_values(layout: Layout, target: str) -> tuple[int, ...]:
     choices |= {slug(n): tuple(vs) for n, vs in layout.regions.items()}
     if slug(target) not in choices:
         raise DataError(
-            f"{layout.kind}: target {target!r} is neither 'foreground', 'classes' nor a class or "
+            f"{layout.kind}: target {target!r} is not 'foreground', 'classes', a class or a "
             f"region of this dataset; choose one of {sorted(choices)}"
         )
     return choices[slug(target)]
