@@ -304,8 +304,6 @@ def case_examples(
 class VolumeBuilder(common.Builder, skip_registration=True):
     """A volumetric dataset sliced to 2D; subclasses say how to find the layout's cases."""
 
-    VERSION = common.VERSION
-    RELEASE_NOTES = common.RELEASE_NOTES
     DESCRIPTION = ""
 
     def _info(self) -> tfds.core.DatasetInfo:
