@@ -11,8 +11,8 @@ from absl import flags
 from jdiffseg.cli import flags as cli_flags
 from jdiffseg.data.config import data_config_defaults
 from jdiffseg.data.images import DataError
-from jdiffseg.data.pipeline import make_loader
-from jdiffseg.data.registry import NAMES, build_dataset
+from jdiffseg.data.pipeline import class_names_of, data_source, make_loader
+from jdiffseg.data.registry import NAMES, VOLUMETRIC, build_dataset
 from jdiffseg.evaluation import figures
 
 COMMANDS = {
@@ -36,6 +36,16 @@ def _flags() -> flags.FlagValues:
                          flag_values=fv)
     flags.DEFINE_integer("num_train_examples", None, "synthetic train split size",
                          flag_values=fv)
+    flags.DEFINE_integer("slice_axis", None, "nnunet, brats: the voxel axis slices are taken "
+                         "along (default 2)", flag_values=fv)
+    flags.DEFINE_string("target", None, "nnunet, brats: the mask: foreground (default, "
+                        "binary), classes (a label map of every declared label), a class "
+                        "name or a region (brats: whole_tumour, tumour_core, "
+                        "enhancing_tumour)", flag_values=fv)
+    flags.DEFINE_float("empty_slices", None, "nnunet, brats: fraction of training slices "
+                       "without target that are kept (default 1)", flag_values=fv)
+    flags.DEFINE_bool("crop_nonzero", None, "nnunet, brats: crop cases to their non-zero "
+                      "region (default true)", flag_values=fv)
     flags.DEFINE_bool("overwrite", False, "build: regenerate even if complete", flag_values=fv)
     flags.DEFINE_string("out", None, "show: PNG file to write", flag_values=fv)
     flags.DEFINE_enum("split", "train", ["train", "validation", "test"], "show: the split",
@@ -59,9 +69,10 @@ def config_from_flags(name: str, fv: flags.FlagValues) -> ml_collections.ConfigD
     data.image_size = fv.image_size or (64 if name == "synthetic" else 256)
     if fv.variant:
         data.variant = fv.variant
-    elif name == "folder":
+    elif name in ("folder", *VOLUMETRIC):
         data.variant = "custom"
-    for field in ("data_dir", "manual_dir", "split_file", "seed", "num_train_examples"):
+    for field in ("data_dir", "manual_dir", "split_file", "seed", "num_train_examples",
+                  "slice_axis", "target", "empty_slices", "crop_nonzero"):
         value = fv[field].value
         if value is not None:
             data[field] = value
@@ -70,13 +81,23 @@ def config_from_flags(name: str, fv: flags.FlagValues) -> ml_collections.ConfigD
 
 def _show(config: ml_collections.ConfigDict, fv: flags.FlagValues) -> None:
     config.data.batch_size = config.data.eval_batch_size = fv.num
+    config.data.num_classes = len(class_names_of(config)) - 1  # whatever the dataset declares
     loader = make_loader(config, fv.split, train=fv.augment, seed=0, shard=(0, 1))
     batch = next(iter(loader))
     keep = batch["valid"] > 0
     out = Path(fv.out).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)
     ids = [str(i) for i in batch["index"][keep]]
-    figures.overlay_grid(out, batch["image"][keep], batch["mask"][keep], ids=ids, ncols=8)
+    masks = batch["mask"][keep]
+    if masks.shape[-1] > 1:  # one-hot label maps: every foreground class is overlaid
+        masks = 1.0 - masks[..., :1]
+    value_range = (-1.0, 1.0)
+    if config.data.name in VOLUMETRIC:  # case/slice ids; z-scored channels shown over ±3
+        source = data_source(config, fv.split)
+        ids = [source[int(i)]["id"].decode() for i in batch["index"][keep]]
+        value_range = (-3.0, 3.0)
+    figures.overlay_grid(out, batch["image"][keep], masks, ids=ids, ncols=8,
+                         value_range=value_range)
     print(f"wrote {out} ({int(keep.sum())} examples of {config.data.name}/{fv.split})")
 
 

@@ -16,7 +16,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 0
 
     c.data = ml_collections.ConfigDict()
-    c.data.name = "synthetic"  # synthetic | isic2016 | monuseg | her2 | folder
+    c.data.name = "synthetic"  # synthetic | isic2016 | monuseg | her2 | folder | nnunet | brats
     c.data.variant = "lesion"  # synthetic: lesion | nuclei | tissue; folder: a label for the data
     c.data.num_classes = 1  # foreground classes; >= 2: label maps, one-hot masks (C + 1 channels)
     c.data.image_size = 64
@@ -35,6 +35,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.split_file = ""  # folder datasets; default manual_dir/splits.json if present
     c.data.tile_size = 512  # MoNuSeg tiles are resized to this before patching
     c.data.patch_stride = 0  # MoNuSeg patch stride; 0 = image_size
+    # Volumetric datasets (nnunet, brats): 2D slices of NIfTI volumes.
+    c.data.slice_axis = 2  # the voxel axis slices are taken along
+    c.data.target = "foreground"  # the mask: foreground | classes | a class | a region name
+    c.data.empty_slices = 1.0  # fraction of target-free training slices kept (1 all, 0 none)
+    c.data.crop_nonzero = True  # crop each case in-plane to its non-zero region
     c.data.augment = ml_collections.ConfigDict()
     c.data.augment.flip = True
     c.data.augment.rot90 = True

@@ -51,7 +51,8 @@ def random_resized_crop(image: np.ndarray, mask: np.ndarray, rng: np.random.Gene
                         ) -> tuple[np.ndarray, np.ndarray]:
     """Crops a random box (area fraction in [min_scale, 1], aspect in [3/4, 4/3]) and resizes it
     back to the input size, bilinearly for the image and a binary mask (thresholded at 0.5),
-    by nearest neighbour for a label map."""
+    by nearest neighbour for a label map. The image is uint8 RGB or float channels (volumetric
+    data, resized channel by channel)."""
     h, w = mask.shape[:2]
     area = rng.uniform(min_scale, 1.0) * h * w
     ratio = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
@@ -59,7 +60,12 @@ def random_resized_crop(image: np.ndarray, mask: np.ndarray, rng: np.random.Gene
     x0, y0 = rng.uniform(0, w - cw), rng.uniform(0, h - ch)
     box = (x0, y0, x0 + cw, y0 + ch)
     bilinear = Image.Resampling.BILINEAR
-    image = np.asarray(Image.fromarray(image).resize((w, h), bilinear, box=box))
+    if image.dtype == np.uint8:
+        image = np.asarray(Image.fromarray(image).resize((w, h), bilinear, box=box))
+    else:  # float channels (volumetric data): one 32-bit float PIL image per channel
+        image = np.stack([np.asarray(Image.fromarray(image[..., c].astype(np.float32), mode="F")
+                                     .resize((w, h), bilinear, box=box))
+                          for c in range(image.shape[-1])], axis=-1)
     if label_map:
         nearest = Image.Resampling.NEAREST
         return image, np.asarray(Image.fromarray(mask[..., 0]).resize((w, h), nearest, box=box)
@@ -90,7 +96,8 @@ def color_jitter(image: np.ndarray, rng: np.random.Generator, strength: float) -
 
 def augment(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
             cfg: AugmentConfig) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 image (H,W,3) and mask (H,W,1) -> float32 image in [0, 255] and uint8 mask."""
+    """Image (H,W,C) and mask (H,W,1) -> float32 image and uint8 mask: uint8 RGB images stay
+    in [0, 255], the float channels of volumetric data keep their values."""
     if cfg.crop_scale < 1.0:
         image, mask = random_resized_crop(image, mask, rng, cfg.crop_scale, cfg.label_map)
     if cfg.flip:
@@ -101,6 +108,9 @@ def augment(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
     if cfg.rot90:
         k = int(rng.integers(4))
         image, mask = np.rot90(image, k), np.rot90(mask, k)
+    if cfg.color_jitter > 0 and (image.dtype != np.uint8 or image.shape[-1] != 3):
+        raise ValueError("config.data.augment.color_jitter works on RGB images only; this "
+                         f"dataset's images are {image.dtype} with {image.shape[-1]} channels")
     image = image.astype(np.float32)
     if cfg.color_jitter > 0:
         image = color_jitter(image, rng, cfg.color_jitter)

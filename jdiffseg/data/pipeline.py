@@ -10,7 +10,8 @@ Evaluation: one pass in file order; the split is cut into `process_count` contig
 to the same whole number of batches, so every process runs the same number of steps; padded
 rows have `valid == 0` and `index == -1`.
 
-Every batch is {'image': float32 (b,H,W,3) in [-1,1], 'mask': float32 (b,H,W,1) in {0,1},
+Every batch is {'image': float32 (b,H,W,C) (2D datasets: RGB in [-1,1]; volumetric datasets:
+the channels as stored, already normalised), 'mask': float32 (b,H,W,1) in {0,1},
 'valid': float32 (b,), 'index': int32 (b,) record index in the split}, b the per-process batch.
 With `config.data.num_classes` = C >= 2 the stored label maps become one-hot masks
 (b,H,W,C+1), background first; C must match the class names the dataset declares.
@@ -74,10 +75,14 @@ class Augment(grain.transforms.RandomMap):
 
 class Normalise(grain.transforms.Map):
     """uint8/float [0, 255] image -> float32 [-1, 1]; mask -> float32 {0, 1} (one-hot over
-    C + 1 channels when `num_classes` = C >= 2); adds `valid`."""
+    C + 1 channels when `num_classes` = C >= 2); adds `valid`.
 
-    def __init__(self, num_classes: int = 1):
+    Volumetric datasets store their images already normalised (float32 channels, see
+    `jdiffseg.data.intensity`); with `volumetric` they pass unchanged."""
+
+    def __init__(self, num_classes: int = 1, volumetric: bool = False):
         self.num_classes = num_classes
+        self.volumetric = volumetric
 
     def map(self, row: dict[str, Any]) -> dict[str, Any]:
         mask = np.asarray(row["mask"])
@@ -87,8 +92,9 @@ class Normalise(grain.transforms.Map):
                     f"record {int(row['index'])}: label {int(mask.max())} exceeds "
                     f"config.data.num_classes={self.num_classes}")
             mask = np.eye(self.num_classes + 1, dtype=np.float32)[mask[..., 0]]
+        image = np.asarray(row["image"], np.float32)
         return {
-            "image": np.asarray(row["image"], np.float32) / np.float32(127.5) - np.float32(1.0),
+            "image": image if self.volumetric else image / np.float32(127.5) - np.float32(1.0),
             "mask": np.asarray(mask, np.float32),
             "valid": np.float32(row["index"] >= 0),
             "index": row["index"],
@@ -148,6 +154,16 @@ def class_names_of(config: ml_collections.ConfigDict) -> tuple[str, ...]:
     return class_names(builder.info)
 
 
+def dataset_metadata(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The metadata of the (prepared) dataset `config.data` names, e.g. a run's volumetric
+    dataset: channel names, CT normalisation statistics, slice axis and size, classes (see
+    `jdiffseg.data.builders.volumetric.metadata`); empty for datasets that store none."""
+    builder = make_builder(config.data)
+    if not builder.is_prepared():
+        builder = build_dataset(config)
+    return dict(builder.info.metadata or {})
+
+
 def make_loader(config: ml_collections.ConfigDict, split: str, *, train: bool, seed: int,
                 shard: tuple[int, int] | None = None) -> grain.DataLoader:
     """A grain DataLoader over `split` for this process (see the module docstring)."""
@@ -173,7 +189,9 @@ def make_loader(config: ml_collections.ConfigDict, split: str, *, train: bool, s
         sampler = grain.samplers.IndexSampler(num_records=len(rows), shuffle=False, num_epochs=1,
                                               seed=seed)
         ops = []
-    ops += [Normalise(int(data.num_classes)), grain.transforms.Batch(batch, drop_remainder=train)]
+    volumetric = source[0]["image"].dtype != np.uint8  # stored float: already normalised
+    ops += [Normalise(int(data.num_classes), volumetric),
+            grain.transforms.Batch(batch, drop_remainder=train)]
     if int(data.num_workers) > 0 and not flags.FLAGS.is_parsed():
         # grain's worker processes read absl flags; outside an absl app (tests, notebooks) use
         # their defaults instead of failing.

@@ -12,10 +12,11 @@ from pathlib import Path
 import ml_collections
 import tensorflow_datasets as tfds
 
-from jdiffseg.data.builders import folder, isic2016, monuseg, synthetic
+from jdiffseg.data.builders import brats, folder, isic2016, monuseg, nnunet, synthetic, volumetric
 from jdiffseg.data.config import resolve
 
-NAMES = ("synthetic", "isic2016", "monuseg", "her2", "folder")
+NAMES = ("synthetic", "isic2016", "monuseg", "her2", "folder", "nnunet", "brats")
+VOLUMETRIC = ("nnunet", "brats")  # NIfTI volumes sliced to 2D (`builders.volumetric`)
 
 
 class _QuietCustomConfig(logging.Filter):
@@ -27,7 +28,8 @@ class _QuietCustomConfig(logging.Filter):
 
 logging.getLogger("absl").addFilter(_QuietCustomConfig())
 _CLASSES = {"synthetic": synthetic.Synthetic, "isic2016": isic2016.Isic2016,
-            "monuseg": monuseg.Monuseg, "her2": folder.Her2, "folder": folder.Folder}
+            "monuseg": monuseg.Monuseg, "her2": folder.Her2, "folder": folder.Folder,
+            "nnunet": nnunet.Nnunet, "brats": brats.Brats}
 
 
 def builder_config(data: ml_collections.ConfigDict) -> tfds.core.BuilderConfig:
@@ -47,6 +49,11 @@ def builder_config(data: ml_collections.ConfigDict) -> tfds.core.BuilderConfig:
         label = data.name if data.name == "her2" else (data.variant or "custom")
         return folder.make_config(label, size, float(data.val_fraction),
                                   float(data.test_fraction), data.split_file, int(data.seed))
+    if data.name in VOLUMETRIC:
+        return volumetric.make_config(
+            data.variant or "custom", size, float(data.val_fraction), float(data.test_fraction),
+            int(data.seed), int(data.slice_axis), data.target, float(data.empty_slices),
+            bool(data.crop_nonzero))
     raise ValueError(f"unknown dataset config.data.name={data.name!r}; expected one of {NAMES}")
 
 

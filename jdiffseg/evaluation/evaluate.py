@@ -24,7 +24,12 @@ reported). Variables come from the best (or latest) checkpoint, EMA parameters b
   (`jdiffseg.evaluation.multiclass`): per-class and foreground-mean Dice/IoU of the fused label
   map, the confusion matrix, top-label and classwise ECE, Brier and NLL over the classes.
 
-Writes `WORKDIR/eval/`: metrics.json, per_image.csv, reliability.png, cases.png.
+* Volumetric datasets (nnunet, brats): each case's slices are also put back into its volume
+  and scored per case (`jdiffseg.evaluation.per_case`: Dice, IoU, sensitivity, precision,
+  HD95 and ASSD in mm, per class and region for label maps); the per-slice figures stay.
+
+Writes `WORKDIR/eval/`: metrics.json, per_image.csv, reliability.png, cases.png, and
+per_case.csv for volumetric datasets.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ import numpy as np
 
 from jdiffseg.data import pipeline
 from jdiffseg.evaluation import multiclass as multiclass_eval
+from jdiffseg.evaluation import per_case
 from jdiffseg.evaluation import results as results_io
 from jdiffseg.evaluation.scores import EXTRA_PROTOCOLS, extra_protocols, score_batch
 from jdiffseg.models import build_model
@@ -147,6 +153,8 @@ def evaluate(
     per_process = sharding.check_batch_size(
         int(config.data.eval_batch_size), mesh, "config.data.eval_batch_size")
     batches, wanted = test_batches(config, per_process)
+    volumes = (per_case.volume_scores(config, e.split)
+               if jax.process_index() == 0 else None)
     first = next(batches)
     image_shape = tuple(first["image"].shape[1:])
 
@@ -199,8 +207,11 @@ def evaluate(
                                arrays["valid"])
             acc_fused = update(acc_fused, scored["fused"], arrays["mask"], 0.5, arrays["valid"])
         host = sharding.fetch({"per": scored["per_image"], "valid": arrays["valid"],
-                               "index": arrays["index"]})
+                               "index": arrays["index"],
+                               **({"fused": scored["fused"]} if volumes is not None else {})})
         keep = np.asarray(host["valid"], bool)
+        if volumes is not None:
+            volumes.add(np.asarray(host["index"])[keep], np.asarray(host["fused"])[keep])
         for name, values in host["per"].items():
             per_image.setdefault(name, []).append(np.asarray(values)[keep])
         indices.append(np.asarray(host["index"])[keep])
@@ -229,6 +240,9 @@ def evaluate(
                        count, {"compile_seconds": compile_seconds,
                                "predict_seconds": predict_seconds,
                                "total_seconds": time.perf_counter() - start})
+    if volumes is not None:
+        results["volumes"] = volumes.results()
     if jax.process_index() == 0:
-        results_io.write_outputs(workdir / EVAL_DIR, results, ids, per, acc_probs, cases, config)
+        results_io.write_outputs(workdir / EVAL_DIR, results, ids, per, acc_probs, cases, config,
+                                 volumes.rows if volumes is not None else None)
     return results

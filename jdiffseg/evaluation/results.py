@@ -14,7 +14,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from jdiffseg.evaluation import figures
+from jdiffseg.evaluation import figures, per_case
 from jdiffseg.evaluation import multiclass as multiclass_eval
 from jdiffseg.evaluation.scores import EXTRA_PROTOCOLS, SWEEP_THRESHOLDS, extra_protocols
 from jdiffseg.scoring import fusion, metrics, multiclass, stats
@@ -124,7 +124,10 @@ def write_outputs(
     acc_probs: metrics.MetricState | multiclass.MultiClassState,
     cases: dict[str, list[np.ndarray]],
     config: ml_collections.ConfigDict,
+    case_rows: list[dict[str, Any]] | None = None,
 ) -> None:
+    """Writes the files of `results` (with per_case.csv when `case_rows` are given: one row
+    per case and structure of a volumetric dataset) and metrics.json last."""
     out_dir.mkdir(parents=True, exist_ok=True)
     run = results["run"]
     title = f"{run['arch']} · {run['dataset']} · {run['mode']}"
@@ -135,6 +138,9 @@ def write_outputs(
         "cases": out_dir / "cases.png",
     }
     _write_csv(files["per_image"], ids, per)
+    if case_rows is not None:
+        files["per_case"] = out_dir / "per_case.csv"
+        per_case.write_csv(files["per_case"], case_rows)
     # multi-class accumulators hold top-label bins only (classwise ECE is in metrics.json)
     multi = isinstance(acc_probs, multiclass.MultiClassState)
     variants = ("top_label",) if multi else metrics.ECE_VARIANTS
