@@ -72,6 +72,12 @@ class Augment(grain.transforms.RandomMap):
         return {**row, "image": image, "mask": mask}
 
 
+def normalise_image(image: np.ndarray) -> np.ndarray:
+    """uint8/float [0, 255] image -> float32 [-1, 1], the model input of 2D datasets (also what
+    `jdiffseg predict` feeds new images)."""
+    return np.asarray(image, np.float32) / np.float32(127.5) - np.float32(1.0)
+
+
 class Normalise(grain.transforms.Map):
     """uint8/float [0, 255] image -> float32 [-1, 1]; mask -> float32 {0, 1} (one-hot over
     C + 1 channels when `num_classes` = C >= 2); adds `valid`."""
@@ -88,7 +94,7 @@ class Normalise(grain.transforms.Map):
                     f"config.data.num_classes={self.num_classes}")
             mask = np.eye(self.num_classes + 1, dtype=np.float32)[mask[..., 0]]
         return {
-            "image": np.asarray(row["image"], np.float32) / np.float32(127.5) - np.float32(1.0),
+            "image": normalise_image(row["image"]),
             "mask": np.asarray(mask, np.float32),
             "valid": np.float32(row["index"] >= 0),
             "index": row["index"],
