@@ -213,6 +213,8 @@ def predict(
             loaded = cases.load(i)
             if loaded is not None:
                 images[row] = loaded.slices[s]
+        if not any(i in cases.loaded for i, _ in slots):
+            continue  # every pending case of the batch was skipped
         arrays = to_global({"image": images[lo:lo + per_process]}, mesh)
         out = predict_fn(params, arrays["image"], jax.random.fold_in(key, b))
         host = sharding.fetch(post(out["members"]))

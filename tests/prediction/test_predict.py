@@ -76,9 +76,11 @@ def _outputs(out: Path, name: str) -> dict[str, np.ndarray]:
 @pytest.mark.slow
 def test_outputs_have_the_inputs_sizes_and_a_rerun_resumes(run, tmp_path):
     write_images(tmp_path / "in", SIZES)
+    (tmp_path / "in" / "broken.png").write_bytes(b"\x89PNG not really")  # sorts first
     out = tmp_path / "out"
-    first = predict.predict(run, tmp_path / "in", out)
+    first = predict.predict(run, tmp_path / "in", out, keep_going=True)
     assert len(first.written) == len(SIZES) and not first.finished
+    assert list(first.skipped) == ["broken"] and "broken.png" in first.skipped["broken"]
     before = {}
     for i, size in enumerate(SIZES):
         got = _outputs(out, f"case_{i}")
@@ -95,13 +97,14 @@ def test_outputs_have_the_inputs_sizes_and_a_rerun_resumes(run, tmp_path):
         assert float(r["entropy_mean"]) == pytest.approx(before[i]["uncertainty"].mean(), 1e-4)
 
     # An interrupted run: case 1 never finished (no summary; a half-written file), case 3 lost
-    # its mask. Finished cases are not touched; the others get what one run gives them.
+    # its mask. Finished cases are not touched; the others get what one run gives them (the
+    # skipped input keeps its place, so theirs do not move).
     (out / "case_1.json").unlink()
     (out / "case_1_probs.npy.part").write_bytes(b"half")
     (out / "case_3_mask.png").unlink()
     stamp = {p: p.stat().st_mtime_ns for p in out.iterdir()}
-    second = predict.predict(run, tmp_path / "in", out)
-    assert sorted(second.written) == ["case_1", "case_3"]
+    second = predict.predict(run, tmp_path / "in", out, keep_going=True)
+    assert sorted(second.written) == ["case_1", "case_3"] and list(second.skipped) == ["broken"]
     assert sorted(second.finished) == ["case_0", "case_2", "case_4"]
     for path, ns in stamp.items():
         if path.name.startswith(("case_0", "case_2", "case_4")):
@@ -113,19 +116,17 @@ def test_outputs_have_the_inputs_sizes_and_a_rerun_resumes(run, tmp_path):
 
 
 def test_an_unreadable_input_is_named_and_keep_going_lists_it(run, tmp_path, capsys):
-    write_images(tmp_path / "in", SIZES[:2])
-    bad = tmp_path / "in" / "broken.png"
-    bad.write_bytes(b"\x89PNG not really")
-    with pytest.raises(predict.PredictError, match=r"broken\.png"):
+    write_images(tmp_path / "in", SIZES[:1])
+    (tmp_path / "in" / "broken.png").write_bytes(b"\x89PNG not really")
+    with pytest.raises(predict.PredictError, match=r"case broken: .*broken\.png"):
         predict.predict(run, tmp_path / "in", tmp_path / "out")
+    (tmp_path / "in" / "case_0.png").unlink()
     argv = ["predict", f"--workdir={run}", f"--input={tmp_path / 'in'}",
-            f"--output={tmp_path / 'out'}", "--keep_going", "--config.eval.ensemble_size=2"]
+            f"--output={tmp_path / 'out'}", "--keep_going"]
     assert cli_main.dispatch(argv) == 1
     err = capsys.readouterr().err
     assert "skipped broken:" in err and "broken.png" in err and "1 case(s) skipped" in err
-    assert (tmp_path / "out" / "case_0_mask.png").is_file()
-    assert (tmp_path / "out" / "case_1_mask.png").is_file()
-    assert not list((tmp_path / "out").glob("broken*"))
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["cases.csv"]
     argv[3] = f"--output={tmp_path / 'in' / 'masks'}"
     assert cli_main.dispatch(argv) == 1
     assert "inside --input" in capsys.readouterr().err
