@@ -3,6 +3,7 @@ analyze and predict use; bad state dicts and a missing torch stop it and write n
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -53,7 +54,6 @@ def test_authors_state_dict_imports_then_evaluates_analyses_and_predicts(tmp_pat
     record = run_dir.read_imported(workdir)
     sources = record["sources"]
     assert sources["params"]["file"] == "savedmodel000100.npz"
-    import hashlib
     want = hashlib.sha256((tmp_path / "savedmodel000100.npz").read_bytes()).hexdigest()
     assert sources["params"]["sha256"] == want
     assert sources["ema_params"]["file"] == "emasavedmodel_0.9999_000100.npz"
