@@ -13,11 +13,11 @@ PACKAGE = Path(jdiffseg.__file__).resolve().parent
 LAYER = {
     "config": 0, "diffusion": 0, "models": 0, "data": 0,
     "runtime": 1, "scoring": 1,
-    "training": 2, "evaluation": 2, "analysis": 2,
+    "training": 2, "evaluation": 2, "analysis": 2, "prediction": 2, "importing": 2,
     "study": 3,
     "cli": 4,
 }
-STAGES = ("training", "evaluation", "analysis")
+STAGES = ("training", "evaluation", "analysis", "prediction", "importing")
 
 
 def _imports() -> dict[str, set[str]]:

@@ -3,6 +3,8 @@
     jdiffseg train    --config=configs/ensemdiff.py:dataset=isic2016 --workdir=runs/ens
     jdiffseg evaluate --workdir=runs/ens
     jdiffseg analyze  --workdir=runs/ens --mask_only_workdir=runs/ens_e3
+    jdiffseg predict  --workdir=runs/ens --input=my_images/ --output=my_masks/
+    jdiffseg import   --checkpoint=emasavedmodel.pt --config=configs/ensemdiff.py --workdir=runs/a
     jdiffseg sweep    --config=configs/sweeps/paper.py --launcher=print
     jdiffseg data     build synthetic --variant=nuclei
     jdiffseg demo
@@ -24,6 +26,8 @@ from jdiffseg.runtime import cpu_defaults
 SUBCOMMANDS: dict[str, str] = {
     "train": "train a model (any architecture x dataset x mode) in a workdir; resumes if present",
     "evaluate": "ensemble-sample a trained run on its test split; metrics, calibration, figures",
+    "predict": "masks, probabilities and uncertainty of a trained run for new images",
+    "import": "an authors' PyTorch checkpoint as a run that evaluate/analyze/predict use",
     "report": "gather evaluated workdirs (or a sweep directory) into the results table",
     "analyze": "per-timestep recovery of the mask with and without the image (the fingerprint)",
     "sweep": "expand a sweep config into runs and launch them (local, slurm or print)",
@@ -35,6 +39,8 @@ SUBCOMMANDS: dict[str, str] = {
 _ENTRY_POINTS: dict[str, str] = {
     "train": "jdiffseg.cli.train:main",
     "evaluate": "jdiffseg.cli.evaluate:main",
+    "predict": "jdiffseg.cli.predict:main",
+    "import": "jdiffseg.cli.import_checkpoint:main",
     "report": "jdiffseg.cli.report:main",
     "analyze": "jdiffseg.cli.analyze:main",
     "sweep": "jdiffseg.cli.sweep:main",

@@ -73,6 +73,12 @@ class Augment(grain.transforms.RandomMap):
         return {**row, "image": image, "mask": mask}
 
 
+def normalise_image(image: np.ndarray) -> np.ndarray:
+    """uint8/float [0, 255] image -> float32 [-1, 1], the model input of 2D datasets (also what
+    `jdiffseg predict` feeds new images)."""
+    return np.asarray(image, np.float32) / np.float32(127.5) - np.float32(1.0)
+
+
 class Normalise(grain.transforms.Map):
     """uint8/float [0, 255] image -> float32 [-1, 1]; mask -> float32 {0, 1} (one-hot over
     C + 1 channels when `num_classes` = C >= 2); adds `valid`.
@@ -94,7 +100,7 @@ class Normalise(grain.transforms.Map):
             mask = np.eye(self.num_classes + 1, dtype=np.float32)[mask[..., 0]]
         image = np.asarray(row["image"], np.float32)
         return {
-            "image": image if self.volumetric else image / np.float32(127.5) - np.float32(1.0),
+            "image": image if self.volumetric else normalise_image(image),
             "mask": np.asarray(mask, np.float32),
             "valid": np.float32(row["index"] >= 0),
             "index": row["index"],

@@ -2,8 +2,9 @@
 that depend on them (which metric picks the best checkpoint, what a resume may change).
 
 Layout: `WORKDIR/config.json` (the resolved config), `finished.json` (written when training
-ends), `metrics.jsonl` (`runlog`), `checkpoints/` (`checkpoint`), `train.lock` (`lock`, while a
-trainer runs), `eval/` and `analysis/`.
+ends), `imported.json` (a run made by `jdiffseg import`: its source files and their SHA-256),
+`metrics.jsonl` (`runlog`), `checkpoints/` (`checkpoint`), `train.lock` (`lock`, while a trainer
+runs), `eval/` and `analysis/`.
 Only process 0 writes; files are written to a temporary name and renamed, so a reader never
 sees half a file.
 """
@@ -23,6 +24,7 @@ from jdiffseg.models import modes
 
 CONFIG_FILE = "config.json"
 FINISHED_FILE = "finished.json"
+IMPORTED_FILE = "imported.json"
 # Sections every run's config.json has.
 REQUIRED_SECTIONS = ("data", "model", "diffusion", "train", "eval")
 # Sections whose keys a newer version may add: missing keys take today's defaults.
@@ -102,6 +104,22 @@ def write_finished(workdir: str, summary: dict[str, Any]) -> None:
 def is_finished(workdir: str | os.PathLike[str]) -> bool:
     """Whether `workdir` holds a completed run."""
     return os.path.exists(os.path.join(os.fspath(workdir), FINISHED_FILE))
+
+
+def write_imported(workdir: str, record: dict[str, Any]) -> None:
+    """Marks the run as imported from another code base (`imported.json`: source files and
+    their hashes)."""
+    if is_primary():
+        atomic_write(os.path.join(workdir, IMPORTED_FILE), json.dumps(record, indent=2) + "\n")
+
+
+def read_imported(workdir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """What `imported.json` records, or None for a run trained here."""
+    path = os.path.join(os.fspath(workdir), IMPORTED_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
 
 
 def best_metric_name(config: ml_collections.ConfigDict) -> str:
