@@ -24,7 +24,8 @@ reported). Variables come from the best (or latest) checkpoint, EMA parameters b
   (`jdiffseg.evaluation.multiclass`): per-class and foreground-mean Dice/IoU of the fused label
   map, the confusion matrix, top-label and classwise ECE, Brier and NLL over the classes.
 
-Writes `WORKDIR/eval/`: metrics.json, per_image.csv, reliability.png, cases.png.
+Writes `WORKDIR/eval/`: metrics.json, per_image.csv, reliability.png, cases.png; with
+`config.train.tensorboard` also the two figures as images into the run's TensorBoard events.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from jdiffseg.evaluation import multiclass as multiclass_eval
 from jdiffseg.evaluation import results as results_io
 from jdiffseg.evaluation.scores import EXTRA_PROTOCOLS, extra_protocols, score_batch
 from jdiffseg.models import build_model
-from jdiffseg.runtime import run_dir, runlog, sharding, variables
+from jdiffseg.runtime import run_dir, runlog, sharding, tensorboard, variables
 from jdiffseg.scoring import fusion, metrics, multiclass, predictors
 
 EVAL_DIR = "eval"
@@ -142,6 +143,8 @@ def evaluate(
     sharding.maybe_initialize_distributed(config.train)
     e = config.eval
     variables.require_checkpoint(workdir)
+    if tensorboard.enabled(config):
+        tensorboard.require()
 
     mesh = sharding.make_mesh()
     per_process = sharding.check_batch_size(
@@ -231,4 +234,8 @@ def evaluate(
                                "total_seconds": time.perf_counter() - start})
     if jax.process_index() == 0:
         results_io.write_outputs(workdir / EVAL_DIR, results, ids, per, acc_probs, cases, config)
+        if tensorboard.enabled(config):
+            files = results["files"]
+            tensorboard.write_pngs(workdir, results["checkpoint"]["step"] or 0, {
+                "eval/cases": files["cases"], "eval/reliability": files["reliability"]})
     return results

@@ -294,7 +294,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
     elif config.model.pretrained:
         state = start_from_pretrained(config, model, state, state_sh)
     step = int(state.step)
-    writer = runlog.MetricWriter(workdir, resume_step=step)
+    writer = runlog.MetricWriter(workdir, resume_step=step,
+                                 tensorboard=bool(config.train.tensorboard))
     if step:
         print(f"resuming {workdir} at step {step}", file=sys.stderr)
 
