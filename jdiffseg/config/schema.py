@@ -116,6 +116,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.eval_every = 500
     c.train.checkpoint_every = 500
     c.train.keep_checkpoints = 2
+    c.train.tensorboard = False  # also write TensorBoard events (needs jdiffseg[tensorboard])
     c.train.best_metric = "dice"  # validation metric that picks the best checkpoint
     c.train.lock_timeout = 300.0  # s: a workdir lock not refreshed for this long is taken over
     c.train.fsdp = False

@@ -29,7 +29,8 @@ reported). Variables come from the best (or latest) checkpoint, EMA parameters b
   HD95 and ASSD in mm, per class and region for label maps); the per-slice figures stay.
 
 Writes `WORKDIR/eval/`: metrics.json, per_image.csv, reliability.png, cases.png, and
-per_case.csv for volumetric datasets.
+per_case.csv for volumetric datasets; with `config.train.tensorboard` also the two figures as
+images into the run's TensorBoard events.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ from jdiffseg.evaluation import per_case
 from jdiffseg.evaluation import results as results_io
 from jdiffseg.evaluation.scores import EXTRA_PROTOCOLS, extra_protocols, score_batch
 from jdiffseg.models import build_model
-from jdiffseg.runtime import run_dir, runlog, sharding, variables
+from jdiffseg.runtime import run_dir, runlog, sharding, tensorboard, variables
 from jdiffseg.scoring import fusion, metrics, multiclass, predictors
 
 EVAL_DIR = "eval"
@@ -148,6 +149,8 @@ def evaluate(
     sharding.maybe_initialize_distributed(config.train)
     e = config.eval
     variables.require_checkpoint(workdir)
+    if tensorboard.enabled(config):
+        tensorboard.require()
 
     mesh = sharding.make_mesh()
     per_process = sharding.check_batch_size(
@@ -245,4 +248,8 @@ def evaluate(
     if jax.process_index() == 0:
         results_io.write_outputs(workdir / EVAL_DIR, results, ids, per, acc_probs, cases, config,
                                  volumes.rows if volumes is not None else None)
+        if tensorboard.enabled(config):
+            files = results["files"]
+            tensorboard.write_pngs(workdir, results["checkpoint"]["step"] or 0, {
+                "eval/cases": files["cases"], "eval/reliability": files["reliability"]})
     return results

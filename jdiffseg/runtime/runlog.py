@@ -3,7 +3,8 @@
 `metrics.jsonl` holds one JSON object per logged step ({"step": ..., "loss": ..., ...}), easy to
 aggregate over a sweep with pandas or `jq`. Only process 0 writes. A resumed run first drops
 the lines of steps after its checkpoint (they are logged again, identically), so the file
-always describes one uninterrupted run.
+always describes one uninterrupted run. With `tensorboard=True` the same scalars also go to
+TensorBoard event files (`jdiffseg.runtime.tensorboard`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from jdiffseg.runtime import tensorboard as tensorboard_module
 from jdiffseg.runtime.run_dir import atomic_write, is_primary
 
 METRICS_FILE = "metrics.jsonl"
@@ -39,13 +41,25 @@ def _clean(value: Any) -> Any:
 
 
 class MetricWriter:
-    """Appends JSON lines to `workdir/metrics.jsonl` (process 0 only)."""
+    """Appends JSON lines to `workdir/metrics.jsonl` and, with `tensorboard`, events to
+    `workdir/tensorboard/<events_name>` (process 0 only)."""
 
-    def __init__(self, workdir: str, resume_step: int = 0) -> None:
+    def __init__(
+        self, workdir: str, resume_step: int = 0, *, tensorboard: bool = False,
+        events_name: str = "",
+    ) -> None:
         self.path = os.path.join(workdir, METRICS_FILE)
+        self._events = None
+        if tensorboard:
+            tensorboard_module.require()  # on every process: all stop if it is missing
         if is_primary() and os.path.exists(self.path):
             kept = [r for r in read_metrics(workdir) if int(r.get("step", 0)) <= resume_step]
             atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+        if tensorboard and is_primary():
+            self._events = tensorboard_module.EventWriter(
+                workdir, events_name, purpose="train",
+                purge_step=resume_step + 1 if resume_step else None,
+            )
 
     def write(self, step: int, **scalars: Any) -> None:
         """One line: {"step": step, **scalars}; NaN/Inf are written as strings."""
@@ -54,6 +68,8 @@ class MetricWriter:
         record = {"step": int(step), **{k: _clean(v) for k, v in scalars.items()}}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        if self._events is not None:
+            self._events.write_scalars(step, scalars)
 
 
 def progress_bar(

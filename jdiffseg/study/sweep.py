@@ -11,9 +11,9 @@ overrides. A sweep file may set `SWEEP_DIR` (default `runs/<file stem>`) and `SL
 of `#SBATCH` options, e.g. {"gpus-per-node": 4, "time": "24:00:00"}).
 
 Launchers: `print` lists the command lines; `local` runs them one after another, skipping runs
-whose workdir has `finished.json`; `slurm` writes `<sweep_dir>/sweep.sbatch`, a job array with
-one task per run that starts the run with `srun` (one process per GPU, `jax.distributed`
-reading the SLURM environment), and submits it when `sbatch` exists.
+whose workdir has `finished.json`; `slurm` writes job arrays that train, evaluate and analyse
+each run and then report, requeueing runs stopped by the time limit or preemption, and submits
+them when `sbatch` exists (`jdiffseg.study.slurm`).
 """
 
 from __future__ import annotations
@@ -23,16 +23,15 @@ import importlib.util
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 from typing import Any
 
 from jdiffseg.config import parsing
 from jdiffseg.runtime import run_dir
+from jdiffseg.study import slurm
 
 LAUNCHERS = ("local", "slurm", "print")
-DEFAULT_SLURM = {"nodes": 1, "ntasks-per-node": 1, "gpus-per-node": 1, "time": "24:00:00"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,25 +97,13 @@ def expand(sweep_file: str, sweep_dir: str | None = None) -> list[Run]:
     return runs
 
 
-def slurm_script(runs: list[Run], options: dict[str, Any], sweep_dir: str) -> str:
-    """A SLURM job-array script: task i runs `runs[i]` under srun."""
-    opts = {**DEFAULT_SLURM, **options}
-    log_dir = os.path.join(os.path.abspath(sweep_dir), "slurm")
-    lines = ["#!/bin/bash", f"#SBATCH --array=0-{len(runs) - 1}", "#SBATCH --job-name=jdiffseg"]
-    lines += [f"#SBATCH --{k}={v}" for k, v in opts.items()]
-    lines += [f"#SBATCH --output={log_dir}/%A_%a.out", "set -euo pipefail", "RUNS=("]
-    for run in runs:
-        argv = [*run.argv("python"), "--config.train.distributed=True"]
-        lines.append("  " + shlex.quote(shlex.join(argv)))
-    lines += [
-        ")",
-        "# One process per GPU; jax.distributed.initialize() reads the SLURM environment.",
-        'srun bash -c "${RUNS[$SLURM_ARRAY_TASK_ID]}"',
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def launch(sweep_file: str, *, launcher: str = "print", sweep_dir: str | None = None) -> int:
+def launch(
+    sweep_file: str,
+    *,
+    launcher: str = "print",
+    sweep_dir: str | None = None,
+    slurm_settings: slurm.Settings | None = None,
+) -> int:
     """Expands `sweep_file` and runs it with `launcher`; returns an exit status."""
     if launcher not in LAUNCHERS:
         raise ValueError(f"launcher {launcher!r} is not one of {LAUNCHERS}")
@@ -131,15 +118,7 @@ def launch(sweep_file: str, *, launcher: str = "print", sweep_dir: str | None = 
         return 0
     if launcher == "slurm":
         module = load_sweep_module(sweep_file)
-        os.makedirs(os.path.join(sweep_dir, "slurm"), exist_ok=True)
-        path = os.path.join(sweep_dir, "sweep.sbatch")
-        with open(path, "w") as f:
-            f.write(slurm_script(runs, dict(getattr(module, "SLURM", {})), sweep_dir))
-        print(f"wrote {path} ({len(runs)} array tasks)")
-        if shutil.which("sbatch") is None:
-            print(f"sbatch not found; submit on the cluster with: sbatch {path}")
-            return 0
-        return subprocess.call(["sbatch", path])
+        return slurm.launch(runs, sweep_dir, dict(getattr(module, "SLURM", {})), slurm_settings)
     failed = []
     for i, run in enumerate(runs):
         if run_dir.is_finished(run.workdir):

@@ -310,7 +310,8 @@ def _train(config: Any, workdir: str, held: lock.WorkdirLock | None) -> dict[str
     elif config.model.pretrained:
         state = start_from_pretrained(config, model, state, state_sh)
     step = int(state.step)
-    writer = runlog.MetricWriter(workdir, resume_step=step)
+    writer = runlog.MetricWriter(workdir, resume_step=step,
+                                 tensorboard=bool(config.train.tensorboard))
     if step:
         print(f"resuming {workdir} at step {step}", file=sys.stderr)
 

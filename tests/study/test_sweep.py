@@ -62,16 +62,6 @@ def test_local_launcher_skips_finished_runs(sweep_file, tmp_path, monkeypatch, c
     assert sweep.launch(str(sweep_file), launcher="local", sweep_dir=str(tmp_path)) == 1
 
 
-def test_slurm_launcher_writes_a_job_array(sweep_file, tmp_path, monkeypatch):
-    monkeypatch.setattr(sweep.shutil, "which", lambda name: None)
-    assert sweep.launch(str(sweep_file), launcher="slurm", sweep_dir=str(tmp_path)) == 0
-    script = (tmp_path / "sweep.sbatch").read_text()
-    assert "#SBATCH --array=0-2" in script
-    assert "#SBATCH --gpus-per-node=4" in script and "#SBATCH --time=01:00:00" in script
-    assert 'srun bash -c "${RUNS[$SLURM_ARRAY_TASK_ID]}"' in script
-    assert script.count("--config.train.distributed=True") == 3
-
-
 def test_paper_sweep_covers_the_grid():
     runs = sweep.expand("configs/sweeps/paper.py", "/tmp/paper")
     names = {r.name for r in runs}
