@@ -60,6 +60,11 @@ def check_variables_match(
         )
 
 
+def replica(tree: Any, k: int) -> Any:
+    """Replica `k` of a population's pytree (every leaf has a leading replica axis)."""
+    return jax.tree.map(lambda x: x[k], tree)
+
+
 def require_checkpoint(workdir: str | os.PathLike[str]) -> None:
     """Raises FileNotFoundError, saying what to do, when the run has no checkpoint yet."""
     directory = checkpoint.checkpoint_dir(str(workdir))
