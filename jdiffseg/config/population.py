@@ -63,8 +63,20 @@ def parse_overrides(text: str) -> dict[str, list[Any]]:
         if "=" not in item:
             raise ValueError(f"{WHERE}: {item!r} is not of the form key=v1,v2,... (in {text!r})")
         key, values = (s.strip() for s in item.split("=", 1))
-        out[key] = [_value(v.strip()) for v in values.split(",")]
+        out[key] = [_value(v.strip()) for v in _split_top_level(values)]
     return out
+
+
+def _split_top_level(text: str) -> list[str]:
+    """Splits at commas outside brackets, so list values (`[1,2],[3,4]`) stay whole."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += ch in "[("
+        depth -= ch in "])"
+        if ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    return [*parts, text[start:]]
 
 
 def _value(text: str) -> Any:
