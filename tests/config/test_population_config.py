@@ -37,5 +37,5 @@ def test_a_key_that_changes_shapes_or_the_graph_is_refused_naming_it(key):
 
 
 def test_wrong_number_of_values_is_refused():
-    with pytest.raises(ValueError, match="3 values for config.train.population=2"):
+    with pytest.raises(ValueError, match=r"3 values for config\.train\.population=2"):
         population.replica_values(_config(2, "train.lr=1,2,3"))
