@@ -2,7 +2,8 @@
 that depend on them (which metric picks the best checkpoint, what a resume may change).
 
 Layout: `WORKDIR/config.json` (the resolved config), `finished.json` (written when training
-ends), `metrics.jsonl` (`runlog`), `checkpoints/` (`checkpoint`), `eval/` and `analysis/`.
+ends), `metrics.jsonl` (`runlog`), `checkpoints/` (`checkpoint`), `eval/` and `analysis/`
+(a population run: `eval/replica_<k>/` per replica).
 Only process 0 writes; files are written to a temporary name and renamed, so a reader never
 sees half a file.
 """
@@ -28,6 +29,11 @@ REQUIRED_SECTIONS = ("data", "model", "diffusion", "train", "eval")
 DEFAULTED_SECTIONS = ("eval", "analysis")
 # Keys that change how fast a run goes, not what it computes: free to change on resume.
 RESUME_FREE_KEYS = {"data": ("prefetch",)}
+
+
+def replica_name(k: int) -> str:
+    """The subdirectory (of `eval/`, `analysis/`) holding replica k of a population run."""
+    return f"replica_{k}"
 
 
 def is_primary() -> bool:

@@ -12,8 +12,9 @@ import jax
 import ml_collections
 import numpy as np
 
+from jdiffseg.config import population
 from jdiffseg.models import modes
-from jdiffseg.runtime import checkpoint
+from jdiffseg.runtime import checkpoint, run_dir
 
 
 def abstract_variables(model: Any, mode: str, image_shape: tuple[int, ...]) -> Any:
@@ -60,7 +61,7 @@ def check_variables_match(
         )
 
 
-def replica(tree: Any, k: int) -> Any:
+def select_replica(tree: Any, k: int) -> Any:
     """Replica `k` of a population's pytree (every leaf has a leading replica axis)."""
     return jax.tree.map(lambda x: x[k], tree)
 
@@ -83,11 +84,24 @@ def restore(
     *,
     which: int | str,
     use_ema: bool,
+    replica: int | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(variables, meta) of checkpoint `which` of the run in `workdir` (EMA parameters when
-    `use_ema`), checked against the variables `model` builds for images of `image_shape`."""
+    `use_ema`), checked against the variables `model` builds for images of `image_shape`.
+
+    A population run (`train.population` > 1 in its config.json) needs `replica`: its
+    variables are those of replica k alone, as an ordinary run's."""
     require_checkpoint(workdir)
     variables, meta = checkpoint.load_variables(str(workdir), which, use_ema=use_ema)
+    size = population.size(run_dir.read_config(workdir))
+    if size > 1 or replica is not None:
+        if replica is None or not 0 <= replica < size:
+            raise ValueError(
+                f"{workdir} holds a population of {size} replicas; choose one with "
+                f"--replica=k (0 <= k < {size})" if size > 1 else
+                f"{workdir} is not a population run; --replica={replica} does not apply"
+            )
+        variables = select_replica(variables, replica)
     where = f"{os.path.join(str(workdir), 'config.json')} vs checkpoint step {meta.get('step')}"
     template = abstract_variables(model, config.model.mode, image_shape)
     check_variables_match(variables, template, where)

@@ -457,7 +457,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
                     if population_size > 1:
                         val = train_population.combine_validation([
                             None if k in frozen else validate(
-                                variables.replica(state, k), val_batches, seed=c.seed)
+                                variables.select_replica(state, k), val_batches, seed=c.seed)
                             for k, c in enumerate(replicas)
                         ])
                     else:
