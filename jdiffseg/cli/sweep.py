@@ -16,6 +16,10 @@ def main(argv: list[str]) -> int:
         "launcher", "print", ["local", "slurm", "print"], "how to run", flag_values=fv
     )
     flags.DEFINE_string("sweep_dir", None, "parent of the runs' workdirs", flag_values=fv)
+    flags.DEFINE_integer("population_max", 1, "pack runs differing only in population keys "
+                         "(seed, lr, ...) into population jobs of up to this many replicas; "
+                         "1: no packing", lower_bound=1, flag_values=fv)
     flags.mark_flags_as_required(["config"], flag_values=fv)
     cli_flags.parse_flags(fv, "sweep", argv)
-    return sweep.launch(fv.config, launcher=fv.launcher, sweep_dir=fv.sweep_dir)
+    return sweep.launch(fv.config, launcher=fv.launcher, sweep_dir=fv.sweep_dir,
+                        population_max=fv.population_max)

@@ -87,8 +87,11 @@ def _value(text: str) -> Any:
 
 
 def format_overrides(values: dict[str, list[Any]]) -> str:
-    """The JSON text of per-replica values, as `population_overrides` reads it back."""
-    return json.dumps(values, sort_keys=True) if values else ""
+    """Per-replica values as `population_overrides` text ("key=v1,v2;..."), read back the same."""
+    def text(v: Any) -> str:
+        return json.dumps(list(v) if isinstance(v, tuple) else v, separators=(",", ":"))
+
+    return ";".join(f"{k}=" + ",".join(text(v) for v in vs) for k, vs in sorted(values.items()))
 
 
 def check_key(key: str) -> None:
