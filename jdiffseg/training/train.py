@@ -9,7 +9,9 @@ buffers donated); a thread puts the next batches on the devices ahead of the ste
 the saved grain iterator state (of the last batch used, not of the read-ahead), so a run killed
 at any moment and restarted ends with the same params as an uninterrupted one. SIGTERM saves a
 checkpoint and exits; a non-finite loss stops the run naming the step and leaves the last good
-checkpoint untouched.
+checkpoint untouched. With `train.population` = K > 1 the state has a leading replica axis and
+the step is `make_population_step` (one vmapped update; a diverging replica is frozen, the run
+stops only when all have diverged); see `jdiffseg.config.population`.
 """
 
 from __future__ import annotations
