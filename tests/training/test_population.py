@@ -55,10 +55,11 @@ def _run_population(config, batches):
 
 
 def _close(a, b):
-    """Equal within float32 rounding; Adam's normalised steps near a zero gradient amplify
-    rounding to ~1e-5 of the parameters' scale, hence the absolute tolerance."""
+    """Equal within float32 rounding. Adam normalises each step to about the learning rate,
+    so in zero-initialised layers, where gradients are near 0, rounding can flip a step's
+    sign: the absolute tolerance is a tenth of one step at lr 1e-3."""
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=2e-5)
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.slow
