@@ -33,7 +33,11 @@ import numpy as np
 
 from jdiffseg.analysis import curves, fingerprint, plots, runs
 from jdiffseg.analysis import results as results_io
+from jdiffseg.config import population
 from jdiffseg.runtime import run_dir
+from jdiffseg.scoring import stats
+
+POPULATION_FILE = "population.json"
 
 
 def analyze(
@@ -43,17 +47,57 @@ def analyze(
     mask_only_workdir: str | None = None,
     image_generation_workdir: str | None = None,
     log: Callable[[str], None] = print,
+    replica: int | None = None,
 ) -> dict[str, Any]:
     """Runs the analysis of `workdir`; writes DIR/analysis/{timesteps.json,.csv,*.png}.
 
     `config` is the run's config with any `--config.analysis.*` overrides (default: its
-    config.json); its `analysis` section also decides how the other runs are loaded.
+    config.json); its `analysis` section also decides how the other runs are loaded. A
+    population run is analysed replica by replica (`analysis/replica_<k>/`, or `replica`
+    alone); with all of them, `analysis/population.json` (returned) holds each replica's
+    fingerprint and, over replicas, mean, std and a 95 % interval of its numbers.
     """
     config = run_dir.read_config(workdir) if config is None else config
+    size = population.size(config)
+    kwargs = dict(mask_only_workdir=mask_only_workdir,
+                  image_generation_workdir=image_generation_workdir, log=log)
+    if size == 1 and replica is None:
+        return _analyze_one(workdir, config, None, os.path.join(workdir, results_io.ANALYSIS_DIR),
+                            **kwargs)
+    chosen = range(size) if replica is None else [replica]
+    out = [_analyze_one(workdir, population.replica_config(config, k), k,
+                        os.path.join(workdir, results_io.ANALYSIS_DIR, run_dir.replica_name(k)),
+                        **kwargs) for k in chosen]
+    if replica is not None:
+        return out[0]
+    prints = [r["fingerprint"] for r in out]
+    numbers = [k for k, v in prints[0].items()
+               if isinstance(v, int | float) and not isinstance(v, bool)
+               and all(np.isfinite(p.get(k, np.nan)) for p in prints)]
+    summary = {"num_replicas": size, "fingerprints": prints,
+               "summary": {k: stats.summarize([p[k] for p in prints], name=k) for k in numbers}}
+    if jax.process_index() == 0:
+        run_dir.atomic_write(os.path.join(workdir, results_io.ANALYSIS_DIR, POPULATION_FILE),
+                             json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _analyze_one(
+    workdir: str,
+    config: ml_collections.ConfigDict,
+    replica: int | None,
+    out_dir: str,
+    *,
+    mask_only_workdir: str | None,
+    image_generation_workdir: str | None,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """`analyze` of one run (or one replica of a population), written to `out_dir`."""
     a = config.analysis
     images, masks = runs.load_images(config)
     load = dict(checkpoint=a.checkpoint, use_ema=bool(a.use_ema), image_shape=images.shape[1:])
-    run = runs.load_analysed_run(workdir, mode="diffusion", config=config, **load)
+    run = runs.load_analysed_run(workdir, mode="diffusion", config=config, replica=replica,
+                                 **load)
     T = run.schedule.num_timesteps
     timesteps = curves.analysis_timesteps(T, int(a.t_stride))
     log(f"analysis of {workdir} (step {run.step}): {len(timesteps)} timesteps x "
@@ -122,7 +166,6 @@ def analyze(
             entry["fingerprint"] = fingerprint.summary({**result, **entry}, **options)
             result["classes"][name] = entry
     if jax.process_index() == 0:
-        out_dir = os.path.join(workdir, results_io.ANALYSIS_DIR)
         paths = [*results_io.write_results(result, out_dir),
                  *plots.plot_run(result, out_dir, **options)]
         if per_class:

@@ -39,9 +39,10 @@ def load_analysed_run(
     checkpoint: str = "best",
     use_ema: bool = True,
     config: ml_collections.ConfigDict | None = None,
+    replica: int | None = None,
 ) -> AnalysedRun:
-    """Config, model and (EMA) variables of the run in `workdir`, checked to be in `mode` and
-    to fit images of `image_shape` (H, W, C)."""
+    """Config, model and (EMA) variables of the run in `workdir` (of its replica `replica`, a
+    population run), checked to be in `mode` and to fit images of `image_shape` (H, W, C)."""
     config = run_dir.read_config(workdir) if config is None else config
     if config.model.mode != mode:
         raise ValueError(
@@ -51,7 +52,7 @@ def load_analysed_run(
     model = build_model(config.model, image_channels=image_shape[-1],
                         mask_channels=predictors.mask_channels(config))
     params, meta = variables.restore(
-        workdir, config, model, image_shape, which=checkpoint, use_ema=use_ema
+        workdir, config, model, image_shape, which=checkpoint, use_ema=use_ema, replica=replica
     )
 
     def apply(params: Any, x_t: jax.Array, t: jax.Array, image: jax.Array | None) -> dict:

@@ -20,6 +20,7 @@ from jdiffseg.analysis import results as results_io
 from jdiffseg.cli import flags as cli_flags
 from jdiffseg.config import schema
 from jdiffseg.runtime import checkpoint, run_dir
+from jdiffseg.scoring import stats
 
 
 def _expand_compare(argv: Sequence[str]) -> list[str]:
@@ -72,6 +73,7 @@ def main(argv: list[str]) -> int:
     flags.DEFINE_string("out", "fingerprints.png", "figure written by --compare", flag_values=fv)
     flags.DEFINE_bool("emit_adapted_config", False, "write adapted-diffusion config overrides "
                       "derived from the fingerprint", flag_values=fv)
+    cli_flags.define_replica_flag(fv)
     flags.DEFINE_bool("reuse", False, "reuse DIR/analysis/timesteps.json instead of recomputing",
                       flag_values=fv)
     cli_flags.parse_flags(fv, "analyze", argv)
@@ -88,15 +90,27 @@ def main(argv: list[str]) -> int:
         try:
             result = analyze.analyze(fv.workdir, config=config.value,
                                      mask_only_workdir=fv.mask_only_workdir,
-                                     image_generation_workdir=fv.image_generation_workdir)
+                                     image_generation_workdir=fv.image_generation_workdir,
+                                     replica=fv.replica)
         except checkpoint.CheckpointRestoreError as e:
             print(f"jdiffseg analyze: {e}", file=sys.stderr)
             return 1
+        except ValueError as e:
+            print(f"jdiffseg analyze: {e}", file=sys.stderr)
+            return 2
+    if "fingerprints" in result:  # a whole population
+        for k, summary in enumerate(result["fingerprints"]):
+            print(f"replica {k}: {fingerprint.format_summary(summary)}")
+        print(f"over {result['num_replicas']} replicas (mean ± sd [95 % CI]): " + ", ".join(
+            f"{k} {stats.format_summary(v)}" for k, v in result["summary"].items()))
+        return 0
     print(fingerprint.format_summary(result["fingerprint"]))
     for name, entry in result.get("classes", {}).items():
         print(f"{name}: {fingerprint.format_summary(entry['fingerprint'])}")
     if fv.emit_adapted_config and jax.process_index() == 0:
         out_dir = os.path.join(fv.workdir, results_io.ANALYSIS_DIR)
+        if fv.replica is not None:
+            out_dir = os.path.join(out_dir, run_dir.replica_name(fv.replica))
         source = results_io.adaptation_source(result, config.value.analysis)
         paths, table = fingerprint.write_adapted(source, config.value, out_dir)
         for method, overrides in table["methods"].items():

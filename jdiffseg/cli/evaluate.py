@@ -23,7 +23,10 @@ def _usage() -> str:
         "  --workdir: a trained run's directory (holds config.json and checkpoints/)\n"
         "  --config.SECTION.KEY=VALUE: overrides a key of the run's config.json\n\n"
         f"eval keys (defaults shown; a run's config.json may differ):\n{keys}\n\n"
+        "  --replica=k: one replica of a population run (default: all, then mean ± sd)\n\n"
         f"writes DIR/{evaluate.EVAL_DIR}/: metrics.json, per_image.csv, reliability.png, cases.png"
+        f"\n(a population: DIR/{evaluate.EVAL_DIR}/replica_k/ each, and "
+        f"{evaluate.POPULATION_FILE})"
     )
 
 
@@ -49,14 +52,22 @@ def main(argv: list[str]) -> int:
         print(f"jdiffseg evaluate: bad config key: {err}", file=sys.stderr)
         return 2
     flags.DEFINE_string("workdir", None, "a trained run's directory", flag_values=fv)
+    cli_flags.define_replica_flag(fv)
     flags.mark_flags_as_required(["workdir"], flag_values=fv)
     cli_flags.parse_flags(fv, "evaluate", argv)
     try:
-        results = evaluate.evaluate(fv.workdir, cli_flags.config_overrides(fv))
+        results = evaluate.evaluate(fv.workdir, cli_flags.config_overrides(fv), fv.replica)
     except (FileNotFoundError, ValueError, KeyError) as err:
         print(f"jdiffseg evaluate: {err}", file=sys.stderr)
         return 1
     if jax.process_index() != 0:
+        return 0
+    if "replicas" in results:  # a whole population
+        for row in results["replicas"]:
+            values = ", ".join(f"{k} {v:.4f}" for k, v in row["values"].items())
+            print(f"replica {row['replica']} (seed {row['seed']}): {values}")
+        over = ", ".join(f"{k} {stats.format_summary(v)}" for k, v in results["summary"].items())
+        print(f"over {results['num_replicas']} replicas (mean ± sd [95 % CI]): {over}")
         return 0
     summary = results["summary"]
     line = ", ".join(

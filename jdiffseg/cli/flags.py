@@ -84,3 +84,11 @@ def parse_positional(fv: flags.FlagValues, prog: str, argv: list[str], usage: st
     except flags.Error as e:
         print(f"jdiffseg {prog}: bad flag: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+def define_replica_flag(fv: flags.FlagValues) -> flags.FlagHolder:
+    """`--replica=k`: one replica of a population run (`train.population` > 1)."""
+    return flags.DEFINE_integer(
+        "replica", None, "one replica of a population run (default: all of them)",
+        lower_bound=0, flag_values=fv,
+    )

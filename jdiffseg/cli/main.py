@@ -31,6 +31,7 @@ SUBCOMMANDS: dict[str, str] = {
     "report": "gather evaluated workdirs (or a sweep directory) into the results table",
     "analyze": "per-timestep recovery of the mask with and without the image (the fingerprint)",
     "sweep": "expand a sweep config into runs and launch them (local, slurm or print)",
+    "export-replica": "write replica k of a population run as an ordinary run directory",
     "data": "build or show a dataset (synthetic, isic2016, monuseg, her2, folder)",
     "demo": "the study in miniature on the embedded synthetic data",
 }
@@ -44,6 +45,7 @@ _ENTRY_POINTS: dict[str, str] = {
     "report": "jdiffseg.cli.report:main",
     "analyze": "jdiffseg.cli.analyze:main",
     "sweep": "jdiffseg.cli.sweep:main",
+    "export-replica": "jdiffseg.cli.export_replica:main",
     "data": "jdiffseg.cli.data:main",
     "demo": "jdiffseg.cli.demo:main",
 }

@@ -39,6 +39,9 @@ def main(argv: list[str]) -> int:
                          "time limit at which training is told to save and stop", flag_values=fv)
     flags.DEFINE_integer("max_requeues", slurm.DEFAULT_MAX_REQUEUES, "slurm: how often a task "
                          "stopped unfinished may requeue itself", flag_values=fv)
+    flags.DEFINE_integer("population_max", 1, "pack runs differing only in population keys "
+                         "(seed, lr, ...) into population jobs of up to this many replicas; "
+                         "1: no packing", lower_bound=1, flag_values=fv)
     flags.mark_flags_as_required(["config"], flag_values=fv)
     cli_flags.parse_flags(fv, "sweep", argv)
     settings = slurm.Settings(
@@ -49,7 +52,7 @@ def main(argv: list[str]) -> int:
     )
     try:
         return sweep.launch(fv.config, launcher=fv.launcher, sweep_dir=fv.sweep_dir,
-                            slurm_settings=settings)
+                            population_max=fv.population_max, slurm_settings=settings)
     except ValueError as e:
         print(f"jdiffseg sweep: {e}", file=sys.stderr)
         return 2

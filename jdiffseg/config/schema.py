@@ -120,6 +120,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.best_metric = "dice"  # validation metric that picks the best checkpoint
     c.train.lock_timeout = 300.0  # s: a workdir lock not refreshed for this long is taken over
     c.train.fsdp = False
+    # Populations: K replicas trained in one compiled step (jdiffseg.config.population).
+    c.train.population = 1
+    c.train.population_overrides = ""  # per replica: "seed=0,1,2;train.lr=1e-4,3e-4,1e-3"
+    c.train.population_data = "shared"  # data order: shared (base seed) | per_replica (own seed)
     c.train.distributed = False  # call jax.distributed.initialize()
     c.train.coordinator_address = config_dict.placeholder(str)
     c.train.num_processes = config_dict.placeholder(int)

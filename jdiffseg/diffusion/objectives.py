@@ -145,6 +145,12 @@ def diffusion_terms(
     return {"loss": x0_mse + terms["vb"], "target_mse": x0_mse, "vb": terms["vb"]}
 
 
+def _positive(weight: float | jax.Array) -> bool:
+    """Whether a loss term is on; a traced weight (a population's per-replica value, all
+    replicas positive) is."""
+    return not isinstance(weight, int | float) or weight > 0
+
+
 def make_loss_fn(
     obj: Objective,
     model: Any,
@@ -212,7 +218,7 @@ def make_loss_fn(
             weighted = per_example * weights
 
         loss = jnp.mean(weighted)
-        if "cal" in out and obj.cal_loss_weight > 0 and modes.uses_image(obj.mode):
+        if "cal" in out and _positive(obj.cal_loss_weight) and modes.uses_image(obj.mode):
             cal = jnp.mean(calibration_loss(out["cal"], mask01))
             metrics["cal_loss"] = cal
             loss = loss + obj.cal_loss_weight * cal

@@ -47,8 +47,11 @@ class TimestepSampler:
     probabilities: tuple[float, ...] | None = None
 
     @property
-    def t_high(self) -> int:
-        """Largest timestep drawn by 'range' (inclusive)."""
+    def t_high(self) -> int | jax.Array:
+        """Largest timestep drawn by 'range' (inclusive). A traced `t_max` (a population's
+        per-replica value) is taken as resolved already."""
+        if not isinstance(self.t_max, int):
+            return self.t_max
         return self.num_timesteps - 1 if self.t_max < 0 else self.t_max
 
 

@@ -36,6 +36,7 @@ images into the run's TensorBoard events.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import os
 import time
@@ -48,6 +49,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from jdiffseg.config import population
 from jdiffseg.data import pipeline
 from jdiffseg.evaluation import multiclass as multiclass_eval
 from jdiffseg.evaluation import per_case
@@ -55,9 +57,10 @@ from jdiffseg.evaluation import results as results_io
 from jdiffseg.evaluation.scores import EXTRA_PROTOCOLS, extra_protocols, score_batch
 from jdiffseg.models import build_model
 from jdiffseg.runtime import run_dir, runlog, sharding, tensorboard, variables
-from jdiffseg.scoring import fusion, metrics, multiclass, predictors
+from jdiffseg.scoring import fusion, metrics, multiclass, predictors, stats
 
 EVAL_DIR = "eval"
+POPULATION_FILE = "population.json"
 
 
 def _check_eval_config(config: ml_collections.ConfigDict) -> None:
@@ -137,14 +140,52 @@ def test_batches(
 
 
 def evaluate(
-    workdir: str | os.PathLike[str], config_overrides: Mapping[str, Any] | None = None
+    workdir: str | os.PathLike[str],
+    config_overrides: Mapping[str, Any] | None = None,
+    replica: int | None = None,
 ) -> dict[str, Any]:
     """Evaluates the run in `workdir` on `config.eval.split`; writes and returns metrics.json.
 
-    `config_overrides` maps dotted config keys to values (`{"eval.sampler": "ddpm"}`).
+    `config_overrides` maps dotted config keys to values (`{"eval.sampler": "ddpm"}`). A
+    population run is evaluated replica by replica (`eval/replica_<k>/`, or replica `replica`
+    alone), each as the ordinary run with its seed and values; with all of them,
+    `eval/population.json` adds mean, std and a 95 % interval over replicas, and is returned.
     """
     workdir = Path(workdir)
     config = run_dir.read_config(workdir, config_overrides)
+    size = population.size(config)
+    if size == 1 and replica is None:
+        return _evaluate_one(workdir, config, workdir / EVAL_DIR, None)
+    chosen = range(size) if replica is None else [replica]
+    results = [_evaluate_one(workdir, population.replica_config(config, k),
+                             workdir / EVAL_DIR / run_dir.replica_name(k), k) for k in chosen]
+    if replica is not None:
+        return results[0]
+    summary = population_summary(results, [population.replica_config(config, k).seed
+                                           for k in chosen])
+    if jax.process_index() == 0:
+        run_dir.atomic_write(workdir / EVAL_DIR / POPULATION_FILE,
+                             json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def population_summary(results: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
+    """Per-replica headline metrics and, over replicas, mean, std and a bootstrap 95 % interval
+    (`scoring.stats.summarize`)."""
+    rows = []
+    for k, (r, seed) in enumerate(zip(results, seeds, strict=True)):
+        values = {m: float(r["summary"][m]["mean"]) for m in ("dice", "iou") if m in r["summary"]}
+        values.update({m: float(v) for m, v in r["dataset"].items()
+                       if m.startswith("ece") and np.ndim(v) == 0})
+        rows.append({"replica": k, "seed": int(seed), "values": values})
+    over = {m: stats.summarize([row["values"][m] for row in rows], name=m)
+            for m in rows[0]["values"]}
+    return {"num_replicas": len(rows), "replicas": rows, "summary": over}
+
+
+def _evaluate_one(workdir: Path, config: ml_collections.ConfigDict, out_dir: Path,
+                  replica: int | None) -> dict[str, Any]:
+    """`evaluate` of one run (or one replica of a population), written to `out_dir`."""
     _check_eval_config(config)
     sharding.maybe_initialize_distributed(config.train)
     e = config.eval
@@ -164,7 +205,8 @@ def evaluate(
     channels = predictors.mask_channels(config)
     model = build_model(config.model, image_channels=image_shape[-1], mask_channels=channels)
     params, meta = variables.restore(workdir, config, model, image_shape,
-                                     which=e.checkpoint, use_ema=bool(e.use_ema))
+                                     which=e.checkpoint, use_ema=bool(e.use_ema),
+                                     replica=replica)
     params = jax.device_put(params, sharding.replicated(mesh))
     predict, prediction = predictors.make_eval_predictor(config, model, params, image_shape, mesh)
 
@@ -246,7 +288,7 @@ def evaluate(
     if volumes is not None:
         results["volumes"] = volumes.results()
     if jax.process_index() == 0:
-        results_io.write_outputs(workdir / EVAL_DIR, results, ids, per, acc_probs, cases, config,
+        results_io.write_outputs(out_dir, results, ids, per, acc_probs, cases, config,
                                  volumes.rows if volumes is not None else None)
         if tensorboard.enabled(config):
             files = results["files"]

@@ -6,7 +6,8 @@ workdirs, such as a sweep directory. A workdir counts once ``jdiffseg evaluate``
 architecture × dataset × mode × training procedure (standard, or the timestep range, weights
 or custom schedule an adapted run trains with); runs that share a row (seeds, for instance) are
 averaged and the spread across runs is reported, while a single run shows its spread over test
-images.
+images. A population run counts as its evaluated replicas (`eval/replica_<k>/`), each the run
+with its seed and values, so a row over seeds shows mean ± sd over them.
 
 Columns: Dice and IoU of the fused mask (mean ± std over images or runs), ECE over all test
 pixels (top-label and foreground variants, lower is better), and the number of runs and images.
@@ -25,6 +26,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from jdiffseg.config import population
 from jdiffseg.runtime import run_dir
 
 METRICS_FILE = Path("eval") / "metrics.json"
@@ -106,6 +108,28 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise ValueError(f"report: cannot parse {path}: {e}") from e
 
 
+def load_evaluated_runs(workdir: Path) -> list[dict[str, Any]]:
+    """The evaluated runs of a workdir: itself, or each evaluated replica of a population
+    (as the run with its seed and values; replicas differing in more than the seed get their
+    values in the procedure label). Empty when nothing has been evaluated."""
+    try:
+        config = run_dir.read_config(workdir)
+    except (FileNotFoundError, ValueError) as e:
+        raise ValueError(f"report: {e}") from e
+    if population.size(config) == 1:
+        run = load_evaluated_run(workdir)
+        return [run] if run is not None else []
+    runs = []
+    for k, values in enumerate(population.replica_values(config)):
+        path = workdir / METRICS_FILE.parent / run_dir.replica_name(k) / METRICS_FILE.name
+        if path.is_file():
+            extra = ", ".join(f"{key.split('.')[-1]}={v}" for key, v in values.items()
+                              if key != "seed")
+            runs.append(_run_entry(population.replica_config(config, k).to_dict(),
+                                   _read_json(path), workdir, extra))
+    return runs
+
+
 def load_evaluated_run(workdir: Path) -> dict[str, Any] | None:
     """The row keys and metrics of one workdir, or None when it has not been evaluated."""
     metrics_path = workdir / METRICS_FILE
@@ -115,10 +139,15 @@ def load_evaluated_run(workdir: Path) -> dict[str, Any] | None:
         config = run_dir.read_config(workdir).to_dict()
     except (FileNotFoundError, ValueError) as e:
         raise ValueError(f"report: {e}") from e
-    result = _read_json(metrics_path)
+    return _run_entry(config, _read_json(metrics_path), workdir)
+
+
+def _run_entry(config: dict[str, Any], result: dict[str, Any], workdir: Path,
+               extra: str = "") -> dict[str, Any]:
     model, data = config["model"], config["data"]
+    procedure = ", ".join(p for p in (training_procedure(config), extra) if p)
     row = {"arch": model["arch"], "dataset": _dataset_label(data), "mode": model["mode"],
-           "procedure": training_procedure(config)}
+           "procedure": procedure}
     values: dict[str, float] = {}
     spreads: dict[str, float] = {}
     names = result.get("class_names", [])[1:] if len(result.get("class_names", [])) > 2 else []
@@ -254,11 +283,10 @@ def report(paths: Sequence[str | Path], output: str | Path | None = None,
         )
     runs, skipped = [], []
     for workdir in workdirs:
-        run = load_evaluated_run(workdir)
-        if run is None:
+        found = load_evaluated_runs(workdir)
+        if not found:
             skipped.append(str(workdir))
-        else:
-            runs.append(run)
+        runs.extend(found)
     if not runs:
         raise FileNotFoundError(
             f"report: none of the {len(workdirs)} workdir(s) has {METRICS_FILE}; run "

@@ -4,7 +4,7 @@ that depend on them (which metric picks the best checkpoint, what a resume may c
 Layout: `WORKDIR/config.json` (the resolved config), `finished.json` (written when training
 ends), `imported.json` (a run made by `jdiffseg import`: its source files and their SHA-256),
 `metrics.jsonl` (`runlog`), `checkpoints/` (`checkpoint`), `train.lock` (`lock`, while a trainer
-runs), `eval/` and `analysis/`.
+runs), `eval/` and `analysis/` (a population run: `eval/replica_<k>/` per replica).
 Only process 0 writes; files are written to a temporary name and renamed, so a reader never
 sees half a file.
 """
@@ -31,6 +31,11 @@ REQUIRED_SECTIONS = ("data", "model", "diffusion", "train", "eval")
 DEFAULTED_SECTIONS = ("eval", "analysis")
 # Keys that change how fast a run goes, not what it computes: free to change on resume.
 RESUME_FREE_KEYS = {"data": ("prefetch",)}
+
+
+def replica_name(k: int) -> str:
+    """The subdirectory (of `eval/`, `analysis/`) holding replica k of a population run."""
+    return f"replica_{k}"
 
 
 def is_primary() -> bool:

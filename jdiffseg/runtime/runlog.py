@@ -34,6 +34,8 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
 
 
 def _clean(value: Any) -> Any:
+    if isinstance(value, list | tuple):  # a population's per-replica values
+        return [_clean(v) for v in value]
     value = float(value) if hasattr(value, "__float__") else value
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)  # JSON has no NaN/Inf

@@ -83,6 +83,19 @@ def state_shardings(abstract_state: Any, mesh: Mesh, fsdp: bool = False) -> Any:
     return jax.tree.map(one, abstract_state)
 
 
+def population_shardings(abstract_state: Any, mesh: Mesh) -> Any:
+    """Shardings of a population's train state (leading replica axis on every leaf): the
+    replicas split over the devices when their number divides evenly, else replicated."""
+    num_shards = mesh.shape[DATA_AXIS]
+
+    def one(leaf: Any) -> NamedSharding:
+        shape = tuple(getattr(leaf, "shape", ()))
+        split = num_shards > 1 and bool(shape) and shape[0] % num_shards == 0
+        return NamedSharding(mesh, PartitionSpec(DATA_AXIS) if split else PartitionSpec())
+
+    return jax.tree.map(one, abstract_state)
+
+
 def check_batch_size(batch_size: int, mesh: Mesh, where: str) -> int:
     """The per-process share of a global batch; it must split evenly over devices."""
     num_devices = mesh.devices.size

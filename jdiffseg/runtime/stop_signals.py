@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# The exit status of a run stopped by SIGTERM after saving: preempted, to be resumed.
+PREEMPTED_EXIT = 128 + int(signal.SIGTERM)
 
 
 @dataclass

@@ -12,8 +12,9 @@ import jax
 import ml_collections
 import numpy as np
 
+from jdiffseg.config import population
 from jdiffseg.models import modes
-from jdiffseg.runtime import checkpoint
+from jdiffseg.runtime import checkpoint, run_dir
 
 
 def abstract_variables(model: Any, mode: str, image_shape: tuple[int, ...]) -> Any:
@@ -60,6 +61,11 @@ def check_variables_match(
         )
 
 
+def select_replica(tree: Any, k: int) -> Any:
+    """Replica `k` of a population's pytree (every leaf has a leading replica axis)."""
+    return jax.tree.map(lambda x: x[k], tree)
+
+
 def require_checkpoint(workdir: str | os.PathLike[str]) -> None:
     """Raises FileNotFoundError, saying what to do, when the run has no checkpoint yet."""
     directory = checkpoint.checkpoint_dir(str(workdir))
@@ -78,6 +84,7 @@ def restore(
     *,
     which: int | str,
     use_ema: bool,
+    replica: int | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(variables, meta) of checkpoint `which` of the run in `workdir` (EMA parameters when
     `use_ema`), checked against the variables `model` builds for images of `image_shape`.
@@ -85,9 +92,21 @@ def restore(
     'best' and 'latest' go on past a checkpoint that does not restore to the next one, naming
     the skipped step in a warning and leaving the run's files as they are (readers never write
     into a training run's checkpoints); an explicit step that does not restore raises
-    `checkpoint.CheckpointRestoreError`. `meta['step']` is the step actually used."""
+    `checkpoint.CheckpointRestoreError`. `meta['step']` is the step actually used.
+
+    A population run (`train.population` > 1 in its config.json) needs `replica`: its
+    variables are those of replica k alone, as an ordinary run's."""
     require_checkpoint(workdir)
     variables, meta = checkpoint.load_variables(str(workdir), which, use_ema=use_ema)
+    size = population.size(run_dir.read_config(workdir))
+    if size > 1 or replica is not None:
+        if replica is None or not 0 <= replica < size:
+            raise ValueError(
+                f"{workdir} holds a population of {size} replicas; choose one with "
+                f"--replica=k (0 <= k < {size})" if size > 1 else
+                f"{workdir} is not a population run; --replica={replica} does not apply"
+            )
+        variables = select_replica(variables, replica)
     where = f"{os.path.join(str(workdir), 'config.json')} vs checkpoint step {meta.get('step')}"
     template = abstract_variables(model, config.model.mode, image_shape)
     check_variables_match(variables, template, where)

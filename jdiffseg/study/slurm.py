@@ -33,7 +33,7 @@ from jdiffseg.analysis import results as analysis_results
 from jdiffseg.config import parsing
 from jdiffseg.evaluation import report
 from jdiffseg.runtime import run_dir
-from jdiffseg.training.train import PREEMPTED_EXIT
+from jdiffseg.runtime.stop_signals import PREEMPTED_EXIT
 
 DEFAULT_OPTIONS: dict[str, Any] = {
     "nodes": 1, "ntasks-per-node": 1, "gpus-per-node": 1, "time": "24:00:00"

@@ -10,6 +10,11 @@ The run's workdir is `<sweep_dir>/<name>`; the name defaults to the config argum
 overrides. A sweep file may set `SWEEP_DIR` (default `runs/<file stem>`) and `SLURM` (a dict
 of `#SBATCH` options, e.g. {"gpus-per-node": 4, "time": "24:00:00"}).
 
+With `--population_max=K` (> 1), runs that differ only in population keys (seed, learning
+rate, weight decay, EMA decay, timestep range or weights, loss weights) are packed into
+population jobs of up to K replicas trained in one compiled step (`pack`); `print` shows the
+packing.
+
 Launchers: `print` lists the command lines; `local` runs them one after another, skipping runs
 whose workdir has `finished.json`; `slurm` writes job arrays that train, evaluate and analyse
 each run and then report, requeueing runs stopped by the time limit or preemption, and submits
@@ -27,7 +32,7 @@ import subprocess
 import sys
 from typing import Any
 
-from jdiffseg.config import parsing
+from jdiffseg.config import parsing, population
 from jdiffseg.runtime import run_dir
 from jdiffseg.study import slurm
 
@@ -42,6 +47,7 @@ class Run:
     config: str
     overrides: tuple[tuple[str, Any], ...]
     workdir: str
+    replicas: tuple[str, ...] = ()  # a population job: the names of the runs it trains
 
     def argv(self, python: str = sys.executable) -> list[str]:
         """The command line that trains this run."""
@@ -97,14 +103,61 @@ def expand(sweep_file: str, sweep_dir: str | None = None) -> list[Run]:
     return runs
 
 
+def pack(runs: list[Run], population_max: int) -> list[Run]:
+    """Runs that differ only in population keys (`config.population.POPULATION_KEYS`: seed,
+    learning rate, ...) packed into population jobs of up to `population_max` replicas, each
+    trained in one compiled step; the others are returned as they are. A job's workdir is
+    `<sweep_dir>/<its runs' shared name>_pop<i>`, and `report` finds its replicas there."""
+    if population_max < 1:
+        raise ValueError(f"--population_max={population_max} must be >= 1")
+    if population_max == 1:
+        return list(runs)
+    groups: dict[tuple[str, tuple[tuple[str, str], ...]], list[Run]] = {}
+    for run in runs:
+        fixed = tuple(sorted((k, repr(v)) for k, v in run.overrides
+                             if k not in population.POPULATION_KEYS))
+        packable = not any(k.startswith("train.population") for k, _ in run.overrides)
+        groups.setdefault((run.config, fixed) if packable else (run.name, ()), []).append(run)
+    out: list[Run] = []
+    for members in groups.values():
+        for i in range(0, len(members), population_max):
+            chunk = members[i:i + population_max]
+            out.append(chunk[0] if len(chunk) == 1 else _population_job(chunk, i // population_max))
+    return out
+
+
+def _population_job(runs: list[Run], index: int) -> Run:
+    """One run training `runs` as the replicas of a population."""
+    first = runs[0]
+    fixed = tuple((k, v) for k, v in first.overrides if k not in population.POPULATION_KEYS)
+    varied = sorted({k for r in runs for k, _ in r.overrides if k in population.POPULATION_KEYS})
+    path, _, arg = first.config.partition(":")
+    base = parsing.load_config_file(path, arg or None)
+    parsing.update(base, dict(fixed))
+    values = {}
+    for key in varied:
+        node = base
+        for part in key.split("."):
+            node = node[part]
+        values[key] = [dict(r.overrides).get(key, node) for r in runs]
+    overrides = (*fixed, ("train.population", len(runs)),
+                 ("train.population_overrides", population.format_overrides(values)))
+    name = f"{_default_name(first.config, fixed)}_pop{index}"
+    sweep_dir = os.path.dirname(first.workdir)
+    return Run(name, first.config, overrides, os.path.join(sweep_dir, name),
+               tuple(r.name for r in runs))
+
+
 def launch(
     sweep_file: str,
     *,
     launcher: str = "print",
     sweep_dir: str | None = None,
+    population_max: int = 1,
     slurm_settings: slurm.Settings | None = None,
 ) -> int:
-    """Expands `sweep_file` and runs it with `launcher`; returns an exit status."""
+    """Expands `sweep_file`, packs it into population jobs of up to `population_max` replicas
+    (1: no packing) and runs it with `launcher`; returns an exit status."""
     if launcher not in LAUNCHERS:
         raise ValueError(f"launcher {launcher!r} is not one of {LAUNCHERS}")
     runs = expand(sweep_file, sweep_dir)
@@ -112,8 +165,11 @@ def launch(
         print(f"sweep {sweep_file} defines no runs", file=sys.stderr)
         return 1
     sweep_dir = os.path.dirname(runs[0].workdir)
+    runs = pack(runs, population_max)
     if launcher == "print":
         for run in runs:
+            if run.replicas:
+                print(f"# population of {len(run.replicas)}: {', '.join(run.replicas)}")
             print(shlex.join(run.argv("python")))
         return 0
     if launcher == "slurm":

@@ -17,12 +17,15 @@ import optax
 LR_SCHEDULES = ("constant", "cosine")
 
 
-def learning_rate_schedule(train_config: Any) -> optax.Schedule:
-    """Linear warm-up to `lr`, then constant or cosine decay to 0 at `steps`."""
+def learning_rate_schedule(train_config: Any, lr: jax.Array | None = None) -> optax.Schedule:
+    """Linear warm-up to `lr`, then constant or cosine decay to 0 at `steps`.
+
+    `lr` (default `train_config.lr`) may be a traced value: a population's per-replica rate.
+    """
     name = train_config.lr_schedule
     if name not in LR_SCHEDULES:
         raise ValueError(f"config.train.lr_schedule={name!r} is not one of {LR_SCHEDULES}")
-    lr = float(train_config.lr)
+    lr = float(train_config.lr) if lr is None else lr
     warmup = max(int(train_config.warmup_steps), 0)
     total = int(train_config.steps)
     if name == "constant":
@@ -34,14 +37,20 @@ def learning_rate_schedule(train_config: Any) -> optax.Schedule:
     return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
 
 
-def make_optimizer(train_config: Any) -> optax.GradientTransformation:
-    """Clip by global norm (when `grad_clip` > 0), then AdamW with the schedule above."""
+def make_optimizer(
+    train_config: Any, lr: jax.Array | None = None, weight_decay: jax.Array | None = None
+) -> optax.GradientTransformation:
+    """Clip by global norm (when `grad_clip` > 0), then AdamW with the schedule above.
+
+    `lr` and `weight_decay` (default: the config's) may be traced per-replica values; the
+    optimiser state has the same structure whatever they are.
+    """
     adamw = optax.adamw(
-        learning_rate_schedule(train_config),
+        learning_rate_schedule(train_config, lr),
         b1=0.9,
         b2=0.999,
         eps=1e-8,
-        weight_decay=float(train_config.weight_decay),
+        weight_decay=float(train_config.weight_decay) if weight_decay is None else weight_decay,
     )
     if train_config.grad_clip and train_config.grad_clip > 0:
         return optax.chain(optax.clip_by_global_norm(float(train_config.grad_clip)), adamw)

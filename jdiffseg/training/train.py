@@ -11,7 +11,10 @@ at any moment and restarted ends with the same params as an uninterrupted one. S
 first Ctrl-C saves a checkpoint and exits; a non-finite loss stops the run naming the step and
 leaves the last good checkpoint untouched. The run holds the workdir's lock throughout, so a
 second trainer on the same workdir stops at once; a file that cannot be written stops it with
-one line.
+one line. With `train.population` = K > 1 the state
+has a leading replica axis and the step is `make_population_step` (one vmapped update; a
+diverging replica is frozen, the run stops only when all have diverged); see
+`jdiffseg.config.population`.
 """
 
 from __future__ import annotations
@@ -32,13 +35,24 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from jdiffseg import diffusion
+from jdiffseg.config import population
 from jdiffseg.data import pipeline, prefetch
 from jdiffseg.diffusion import objectives, timesteps
 from jdiffseg.models import build_model, modes
 from jdiffseg.models.pretrained import load_pretrained
-from jdiffseg.runtime import checkpoint, io_errors, lock, run_dir, runlog, sharding, stop_signals
+from jdiffseg.runtime import (
+    checkpoint,
+    io_errors,
+    lock,
+    run_dir,
+    runlog,
+    sharding,
+    stop_signals,
+    variables,
+)
 from jdiffseg.scoring import predictors
 from jdiffseg.training import optim, validation
+from jdiffseg.training import population as train_population
 
 # fold_in tags of the root key: one stream per purpose (validation's is validation.VAL_STREAM).
 INIT_STREAM, TRAIN_STREAM = 0, 1
@@ -113,19 +127,39 @@ def start_from_pretrained(config: Any, model: Any, state: TrainState, shardings:
 # ------------------------------------------------------------------------------ update step
 
 
-def make_train_step(
-    config: Any, model: Any, tx: optax.GradientTransformation
-) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
+StepFn = Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]
+
+
+def train_key_of(seed: int) -> jax.Array:
+    """The root of the training step's randomness for a run seeded `seed`."""
+    return jax.random.fold_in(jax.random.PRNGKey(seed), TRAIN_STREAM)
+
+
+def make_train_step(config: Any, model: Any, tx: optax.GradientTransformation) -> StepFn:
     """The (unjitted) update: gradients over `grad_accum` micro-batches, AdamW, EMA,
     importance-sampler history, NaN bookkeeping. Returns the new state and scalar metrics."""
-    obj = objectives.from_config(config)
+    return update_step(
+        config, model, objectives.from_config(config), timesteps.from_config(config.diffusion),
+        tx, optim.learning_rate_schedule(config.train), float(config.train.ema_decay),
+        train_key_of(config.seed),
+    )
+
+
+def update_step(
+    config: Any,
+    model: Any,
+    obj: objectives.Objective,
+    sampler: timesteps.TimestepSampler,
+    tx: optax.GradientTransformation,
+    lr_fn: optax.Schedule,
+    ema_decay: float | jax.Array,
+    train_key: jax.Array,
+) -> StepFn:
+    """`make_train_step` from its parts, any of which (loss weights, timestep law, learning
+    rate, weight decay, EMA decay, key) may hold a population's traced per-replica values."""
     schedule = diffusion.from_config(config.diffusion)
-    sampler = timesteps.from_config(config.diffusion)
     loss_fn = objectives.make_loss_fn(obj, model, schedule, sampler)
     accum = int(config.train.grad_accum)
-    ema_decay = float(config.train.ema_decay)
-    lr_fn = optim.learning_rate_schedule(config.train)
-    train_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), TRAIN_STREAM)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def step_fn(state: TrainState, batch: dict[str, jax.Array]):
@@ -184,6 +218,47 @@ def make_train_step(
         return new_state, scalars
 
     return step_fn
+
+
+def make_population_step(config: Any, model: Any, replicas: list[Any]) -> StepFn:
+    """The update of a population: `update_step` vmapped over the replica axis of the state
+    (and of the batch with `population_data='per_replica'`), each replica with its own traced
+    values (`population.hyperparameters`); a diverging replica is frozen, flagged 'frozen'."""
+    h = train_population.hyperparameters(replicas, [train_key_of(c.seed) for c in replicas])
+
+    def one(state: TrainState, batch: dict[str, jax.Array], hk: dict[str, jax.Array]):
+        new, scalars = update_step(config, model, *train_population.replica_parts(config, hk))(
+            state, batch)
+        new = train_population.keep_diverged(state, new)
+        return new, {**scalars, "frozen": (new.nonfinite_step >= 0).astype(jnp.float32)}
+
+    shared = config.train.population_data == "shared"
+    mapped = jax.vmap(one, in_axes=(0, None if shared else 0, 0))
+    return lambda state, batch: mapped(state, batch, h)
+
+
+def check_population(config: Any, mesh: Mesh) -> int:
+    """K for `config`, refusing what a population cannot combine with."""
+    k = population.size(config)
+    population.replica_values(config)  # refuses keys that change shapes or the graph
+    if k == 1:
+        if config.train.population_overrides:
+            raise ValueError(
+                "config.train.population_overrides is set but config.train.population=1; "
+                "set the population size, or put the values in the config itself"
+            )
+        return k
+    for key, bad in (("config.train.fsdp", bool(config.train.fsdp)),
+                     ("config.model.pretrained", bool(config.model.pretrained))):
+        if bad:
+            raise ValueError(f"{key} cannot be combined with config.train.population={k}")
+    if config.train.population_data == "per_replica" and (
+            jax.process_count() > 1 or k % mesh.devices.size):
+        raise ValueError(
+            f"config.train.population_data='per_replica' needs one process and a population "
+            f"({k}) divisible by the number of devices ({mesh.devices.size})"
+        )
+    return k
 
 
 def jit_train_step(step_fn: Callable, state_shardings: Any, mesh: Mesh) -> Callable:
@@ -260,6 +335,7 @@ def _train(config: Any, workdir: str, held: lock.WorkdirLock | None) -> dict[str
     run_dir.check_resume_config(workdir, config)
     run_dir.write_config(workdir, config)
     total_steps = int(config.train.steps)
+    population_size = check_population(config, mesh)
     accum = int(config.train.grad_accum)
     local_batch = sharding.check_batch_size(
         config.data.batch_size, mesh, "config.data.batch_size"
@@ -270,10 +346,20 @@ def _train(config: Any, workdir: str, held: lock.WorkdirLock | None) -> dict[str
             f"config.train.grad_accum={accum} x {mesh.devices.size} devices"
         )
 
+    replicas = population.replica_configs(config) if population_size > 1 else [config]
+
     # ---- input
     shard = (jax.process_index(), jax.process_count())
-    train_loader = pipeline.make_loader(config, "train", train=True, seed=config.seed, shard=shard)
-    train_iter = iter(train_loader)
+    if config.train.population_data == "per_replica" and population_size > 1:
+        train_iter = train_population.ReplicaBatches([
+            iter(pipeline.make_loader(c, "train", train=True, seed=c.seed, shard=shard))
+            for c in replicas
+        ])
+    else:
+        train_loader = pipeline.make_loader(
+            config, "train", train=True, seed=config.seed, shard=shard
+        )
+        train_iter = iter(train_loader)
     val_batches = validation.load_validation(config, mesh)
     image_shape = (local_batch * jax.process_count(), *val_batches[0]["image"].shape[1:])
 
@@ -283,13 +369,23 @@ def _train(config: Any, workdir: str, held: lock.WorkdirLock | None) -> dict[str
                         mask_channels=predictors.mask_channels(config))
     tx = optim.make_optimizer(config.train)
     init_fn = init_train_state(config, model, tx, image_shape)
-    abstract = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
-    state_sh = sharding.state_shardings(abstract, mesh, fsdp=bool(config.train.fsdp))
-    init_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), INIT_STREAM)
-    state = jax.jit(init_fn, out_shardings=state_sh)(init_key)
+    init_keys = jnp.stack([
+        jax.random.fold_in(jax.random.PRNGKey(c.seed), INIT_STREAM) for c in replicas
+    ])
+    if population_size > 1:  # every leaf gains a leading replica axis
+        init_fn = jax.vmap(init_fn)
+        abstract = jax.eval_shape(init_fn, init_keys)
+        state_sh = sharding.population_shardings(abstract, mesh)
+        step_fn = make_population_step(config, model, replicas)
+    else:
+        init_keys = init_keys[0]
+        abstract = jax.eval_shape(init_fn, init_keys)
+        state_sh = sharding.state_shardings(abstract, mesh, fsdp=bool(config.train.fsdp))
+        step_fn = make_train_step(config, model, tx)
+    state = jax.jit(init_fn, out_shardings=state_sh)(init_keys)
 
     # ---- update step
-    train_step = jit_train_step(make_train_step(config, model, tx), state_sh, mesh)
+    train_step = jit_train_step(step_fn, state_sh, mesh)
     validate = validation.make_validator(config, model, mesh)
 
     # ---- resume
@@ -309,23 +405,37 @@ def _train(config: Any, workdir: str, held: lock.WorkdirLock | None) -> dict[str
             ) from e.__cause__
     elif config.model.pretrained:
         state = start_from_pretrained(config, model, state, state_sh)
-    step = int(state.step)
+    step = int(np.asarray(sharding.fetch(state.step)).reshape(-1)[0])
     writer = runlog.MetricWriter(workdir, resume_step=step,
                                  tensorboard=bool(config.train.tensorboard))
     if step:
         print(f"resuming {workdir} at step {step}", file=sys.stderr)
 
     # ---- loop
-    progress = runlog.Progress(total_steps, step, config.data.batch_size)
+    images_per_step = config.data.batch_size * population_size
+    progress = runlog.Progress(total_steps, step, images_per_step)
     log_every = max(int(config.train.log_every), 1)
     eval_every = int(config.train.eval_every)
     ckpt_every = int(config.train.checkpoint_every)
     last_val: dict[str, float] = {}
     pending: list[dict[str, jax.Array]] = []
     t_last = time.perf_counter()
+    frozen: set[int] = set()
 
     def check_finite() -> None:
-        bad = int(sharding.fetch(state.nonfinite_step))
+        bad_steps = np.asarray(sharding.fetch(state.nonfinite_step)).reshape(-1)
+        if population_size > 1:
+            for k in np.flatnonzero(bad_steps >= 0):
+                if int(k) not in frozen:
+                    frozen.add(int(k))
+                    progress.write(
+                        f"replica {k} (seed {replicas[k].seed}, lr {replicas[k].train.lr}): "
+                        f"non-finite loss or gradient at step {bad_steps[k]}; frozen at its last "
+                        f"good parameters, the other replicas go on"
+                    )
+            if len(frozen) < population_size:
+                return
+        bad = int(bad_steps.min() if population_size == 1 else bad_steps.max())
         if bad >= 0:
             ckpt.close()
             progress.close()
@@ -363,18 +473,30 @@ def _train(config: Any, workdir: str, held: lock.WorkdirLock | None) -> dict[str
                 progress.update(step)
                 if step % log_every == 0 or step == total_steps:
                     logged = sharding.fetch(pending)  # the loop's one device-to-host sync
-                    means = {k: float(np.mean([p[k] for p in logged])) for k in logged[0]}
                     pending = []
                     check_finite()
                     now = time.perf_counter()
-                    rate = log_every * config.data.batch_size / max(now - t_last, 1e-9)
+                    rate = log_every * images_per_step / max(now - t_last, 1e-9)
                     t_last = now
-                    progress.update(step, means["loss"])
+                    if population_size > 1:
+                        means = train_population.log_values(logged)
+                        live = [x for k, x in enumerate(means["loss"]) if k not in frozen]
+                        progress.update(step, float(np.mean(live)))
+                    else:
+                        means = {k: float(np.mean([p[k] for p in logged])) for k in logged[0]}
+                        progress.update(step, means["loss"])
                     writer.write(step, **means, images_per_sec=rate)
                 val = {}
                 if (eval_every > 0 and step % eval_every == 0) or step == total_steps:
                     check_finite()
-                    val = validate(state, val_batches)
+                    if population_size > 1:
+                        val = train_population.combine_validation([
+                            None if k in frozen else validate(
+                                variables.select_replica(state, k), val_batches, seed=c.seed)
+                            for k, c in enumerate(replicas)
+                        ])
+                    else:
+                        val = validate(state, val_batches)
                     last_val = val
                     writer.write(step, **val)
                     progress.write(

@@ -73,14 +73,19 @@ def make_validator(
     scores = multiclass if channels > 1 else metrics
     update = jax.jit(scores.update, out_shardings=rep)
 
-    def validate(state: Any, batches: list[dict[str, jax.Array]]) -> dict[str, float]:
+    def validate(
+        state: Any, batches: list[dict[str, jax.Array]], seed: int | None = None
+    ) -> dict[str, float]:
+        """`seed` (default the config's) picks the keys: a population's replica passes its own."""
+        root = val_key if seed is None else jax.random.fold_in(jax.random.PRNGKey(seed),
+                                                                 VAL_STREAM)
         total, count = 0.0, 0.0
         acc = multiclass.init(channels, num_bins) if channels > 1 else metrics.init(num_bins)
         variables = {"params": state.ema_params if use_ema else state.params}
         if state.batch_stats:
             variables["batch_stats"] = state.batch_stats
         for i, batch in enumerate(batches):
-            key = jax.random.fold_in(val_key, i)
+            key = jax.random.fold_in(root, i)
             s, n = batch_loss(state, batch, key)
             total, count = total + s, count + n
             if predict is not None:
