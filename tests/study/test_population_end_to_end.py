@@ -11,7 +11,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from train_support import tiny_config
+from train_support import shrink_model, tiny_config
 
 from jdiffseg.analysis import analyze
 from jdiffseg.cli import evaluate as cli_evaluate
@@ -35,7 +35,7 @@ def _state(workdir: Path, step: int) -> dict:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("population")
-    config = tiny_config(root / "data", steps=2)
+    config = shrink_model(tiny_config(root / "data", steps=2))
     config.seed = 10
     config.train.population = K
     config.train.eval_every, config.train.checkpoint_every = 0, 1  # validation at the end

@@ -6,7 +6,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
-from train_support import SIZE, tiny_config
+from train_support import SIZE, shrink_model, tiny_config
 
 from jdiffseg.config import population
 from jdiffseg.models import build_model
@@ -64,7 +64,7 @@ def _close(a, b):
 
 @pytest.mark.slow
 def test_replica_k_equals_the_single_run_with_its_seed_and_values(tmp_path):
-    config = tiny_config(tmp_path)
+    config = shrink_model(tiny_config(tmp_path))
     config.diffusion.timestep_sampling = "range"
     config.train.population = 2
     config.train.population_overrides = (
@@ -87,7 +87,7 @@ def test_replica_k_equals_the_single_run_with_its_seed_and_values(tmp_path):
 
 @pytest.mark.slow
 def test_a_diverging_replica_is_frozen_and_the_others_go_on(tmp_path):
-    config = tiny_config(tmp_path)
+    config = shrink_model(tiny_config(tmp_path))
     config.train.population = 2
     config.train.grad_clip = 0.0
     config.train.warmup_steps = 0
