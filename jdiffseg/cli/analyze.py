@@ -18,7 +18,6 @@ from absl import flags
 from jdiffseg.analysis import analyze, fingerprint
 from jdiffseg.analysis import results as results_io
 from jdiffseg.cli import flags as cli_flags
-from jdiffseg.config import schema
 from jdiffseg.runtime import checkpoint, run_dir
 from jdiffseg.scoring import stats
 
@@ -48,19 +47,10 @@ def main(argv: list[str]) -> int:
     e.g. `--config.analysis.t_stride=10 --config.analysis.num_images=64`.
     """
     argv = _expand_compare(list(argv))
-    workdir = cli_flags.flag_value(argv, "workdir")
-    try:
-        base = run_dir.read_config(workdir) if workdir else schema.base_config()
-    except (FileNotFoundError, ValueError) as e:
-        print(f"jdiffseg analyze: {e}", file=sys.stderr)
-        return 2
     fv = flags.FlagValues()
-    try:
-        config = cli_flags.define_run_config_flag(
-            fv, base, argv, "the run's config; override keys with --config.a.b=v"
-        )
-    except (KeyError, AttributeError) as e:  # an unknown --config.a.b key
-        print(f"jdiffseg analyze: bad config key: {e}", file=sys.stderr)
+    config = cli_flags.define_run_config_flag(
+        fv, argv, "analyze", "the run's config; override keys with --config.a.b=v")
+    if config is None:
         return 2
     flags.DEFINE_string("workdir", None, "trained diffusion-segmentation (E2) run", flag_values=fv)
     flags.DEFINE_string("mask_only_workdir", None, "trained mask-only (E3) run", flag_values=fv)
@@ -95,7 +85,7 @@ def main(argv: list[str]) -> int:
         except checkpoint.CheckpointRestoreError as e:
             print(f"jdiffseg analyze: {e}", file=sys.stderr)
             return 1
-        except ValueError as e:
+        except (FileNotFoundError, ValueError) as e:
             print(f"jdiffseg analyze: {e}", file=sys.stderr)
             return 2
     if "fingerprints" in result:  # a whole population

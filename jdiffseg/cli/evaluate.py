@@ -10,7 +10,6 @@ from absl import flags
 from jdiffseg.cli import flags as cli_flags
 from jdiffseg.config import schema
 from jdiffseg.evaluation import evaluate
-from jdiffseg.runtime import run_dir
 from jdiffseg.scoring import stats
 
 
@@ -38,18 +37,10 @@ def main(argv: list[str]) -> int:
     if any(a in ("-h", "--help", "-help") for a in argv):
         print(_usage())
         return 0
-    workdir = cli_flags.flag_value(argv, "workdir")
-    try:
-        base = run_dir.read_config(workdir) if workdir else schema.base_config()
-    except (FileNotFoundError, KeyError, ValueError):
-        base = schema.base_config()  # the real error is reported by evaluate() below
     fv = flags.FlagValues()
-    try:  # a config_dict flag resolves the `--config.*` paths as it is defined
-        cli_flags.define_run_config_flag(
-            fv, base, argv, "the run's config.json; override keys with --config.eval.KEY=VALUE"
-        )
-    except (AttributeError, KeyError) as err:
-        print(f"jdiffseg evaluate: bad config key: {err}", file=sys.stderr)
+    if cli_flags.define_run_config_flag(
+        fv, argv, "evaluate", "the run's config.json; override keys with --config.eval.KEY=VALUE"
+    ) is None:
         return 2
     flags.DEFINE_string("workdir", None, "a trained run's directory", flag_values=fv)
     cli_flags.define_replica_flag(fv)

@@ -6,9 +6,11 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-import ml_collections
 from absl import flags
 from ml_collections import config_flags
+
+from jdiffseg.config import schema
+from jdiffseg.runtime import run_dir
 
 
 def parse_flags(fv: flags.FlagValues, prog: str, argv: list[str]) -> None:
@@ -58,14 +60,25 @@ def flag_value(argv: Sequence[str], name: str) -> str | None:
 
 
 def define_run_config_flag(
-    fv: flags.FlagValues, base: ml_collections.ConfigDict, argv: Sequence[str], help_text: str
-) -> flags.FlagHolder:
-    """`--config`: a run's config (`base`, locked) whose keys `--config.a.b=v` in `argv`
-    override. Raises KeyError or AttributeError naming an unknown key."""
-    return config_flags.DEFINE_config_dict(
-        "config", base, help_text, flag_values=fv, lock_config=True,
-        sys_argv=["jdiffseg", *argv],
-    )
+    fv: flags.FlagValues, argv: Sequence[str], command: str, help_text: str
+) -> flags.FlagHolder | None:
+    """`--config`: the config.json of the run `--workdir` in `argv` names (locked), whose keys
+    `--config.a.b=v` override. A run whose config cannot be read, or an unknown key, prints
+    `jdiffseg COMMAND: ...` saying why and returns None (exit status 2)."""
+    workdir = flag_value(argv, "workdir")
+    try:
+        base = run_dir.read_config(workdir) if workdir else schema.base_config()
+    except (FileNotFoundError, KeyError, ValueError) as err:
+        print(f"jdiffseg {command}: {err}", file=sys.stderr)
+        return None
+    try:
+        return config_flags.DEFINE_config_dict(
+            "config", base, help_text, flag_values=fv, lock_config=True,
+            sys_argv=["jdiffseg", *argv],
+        )
+    except (AttributeError, KeyError) as err:
+        print(f"jdiffseg {command}: bad config key: {err}", file=sys.stderr)
+        return None
 
 
 def config_overrides(fv: flags.FlagValues) -> dict:

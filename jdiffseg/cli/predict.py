@@ -9,10 +9,8 @@ import jax
 from absl import flags
 
 from jdiffseg.cli import flags as cli_flags
-from jdiffseg.config import schema
 from jdiffseg.data.images import DataError
 from jdiffseg.prediction import predict
-from jdiffseg.runtime import run_dir
 
 USAGE = """\
 usage: jdiffseg predict --workdir=RUN --input=PATH --output=DIR [--keep_going]
@@ -38,17 +36,10 @@ def main(argv: list[str]) -> int:
     if any(a in ("-h", "--help", "-help") for a in argv):
         print(USAGE)
         return 0
-    workdir = cli_flags.flag_value(argv, "workdir")
-    try:
-        base = run_dir.read_config(workdir) if workdir else schema.base_config()
-    except (FileNotFoundError, KeyError, ValueError):
-        base = schema.base_config()  # the real error is reported by predict() below
     fv = flags.FlagValues()
-    try:
-        cli_flags.define_run_config_flag(
-            fv, base, argv, "the run's config.json; override keys with --config.eval.KEY=VALUE")
-    except (AttributeError, KeyError) as err:
-        print(f"jdiffseg predict: bad config key: {err}", file=sys.stderr)
+    if cli_flags.define_run_config_flag(
+        fv, argv, "predict", "the run's config.json; override keys with --config.eval.KEY=VALUE"
+    ) is None:
         return 2
     flags.DEFINE_string("workdir", None, "a trained run's directory", flag_values=fv)
     flags.DEFINE_string("input", None, "an image file or a folder of images", flag_values=fv)
