@@ -11,6 +11,7 @@ per device.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 from collections.abc import Callable, Iterable, Mapping
@@ -23,7 +24,7 @@ import jaxlib
 
 from jdiffseg.config import recipes
 from jdiffseg.models import build_model
-from jdiffseg.runtime import sharding
+from jdiffseg.runtime import cpu_defaults, sharding
 from jdiffseg.training import optim, train
 
 GB = 1e9
@@ -226,6 +227,17 @@ def print_json(rows: Iterable[Mapping[str, Any]], bench: str) -> None:
 
 
 JSONL_HELP = "also append each row, as it is done, as a JSON line to this file"
+
+
+def parse_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """Adds `--jsonl` and `--plain_xla`, parses, sets the CPU defaults (before JAX starts its
+    backend) and prints them and the device line: the common start of the figure scripts."""
+    parser.add_argument("--jsonl", default="", help=JSONL_HELP)
+    parser.add_argument("--plain_xla", action="store_true", help=cpu_defaults.PLAIN_HELP)
+    args = parser.parse_args()
+    print(cpu_defaults.configure(args.plain_xla))
+    print(device_line())
+    return args
 
 
 def append_jsonl(path: str, row: Mapping[str, Any], bench: str) -> None:

@@ -28,7 +28,7 @@ import common
 import jax
 import numpy as np
 
-from jdiffseg.runtime import cpu_defaults, sharding
+from jdiffseg.runtime import sharding
 
 ARCHS = ("ensemdiff", "segdiff", "medsegdiff", "nnunet")
 
@@ -178,11 +178,7 @@ def main() -> None:
     parser.add_argument("--probes", default="2,16", help="the two batches the line starts from")
     parser.add_argument("--max_compiles", type=int, default=8, help="per row")
     parser.add_argument("--run", action="store_true", help="run one real step at the batch found")
-    parser.add_argument("--jsonl", default="", help=common.JSONL_HELP)
-    parser.add_argument("--plain_xla", action="store_true", help=cpu_defaults.PLAIN_HELP)
-    args = parser.parse_args()
-    print(cpu_defaults.configure(args.plain_xla))
-    print(common.device_line())
+    args = common.parse_args(parser)
     limit, source = memory_limit(args.memory_gb)
     print(f"limit per device: {limit / common.GB:.2f} GB ({source}); memory is the compiler's "
           "estimate: arguments + outputs - donated + temporaries + code")

@@ -22,7 +22,7 @@ import numpy as np
 
 from jdiffseg.config import population
 from jdiffseg.models import build_model
-from jdiffseg.runtime import cpu_defaults, sharding
+from jdiffseg.runtime import sharding
 from jdiffseg.training import optim, train
 
 
@@ -82,11 +82,7 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=4, help="per replica")
     parser.add_argument("--population", default="1,2,4", help="values of K")
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--jsonl", default="", help=common.JSONL_HELP)
-    parser.add_argument("--plain_xla", action="store_true", help=cpu_defaults.PLAIN_HELP)
-    args = parser.parse_args()
-    print(cpu_defaults.configure(args.plain_xla))
-    print(common.device_line())
+    args = common.parse_args(parser)
     rows = []
     print(f"{'preset':<7}{'px':>5}{'batch':>6}{'K':>4}{'pop img/s':>11}{'seq img/s':>11}"
           f"{'speedup':>9}{'MFU':>7}")

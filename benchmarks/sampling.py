@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jdiffseg.models import build_model
-from jdiffseg.runtime import cpu_defaults, sharding
+from jdiffseg.runtime import sharding
 from jdiffseg.scoring import predictors
 
 ARCHS = ("ensemdiff", "segdiff", "medsegdiff")
@@ -96,12 +96,7 @@ def main() -> None:
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--json", default="", help="also write the results to this JSON file")
-    p.add_argument("--jsonl", default="", help=common.JSONL_HELP)
-    p.add_argument("--plain_xla", action="store_true", help=cpu_defaults.PLAIN_HELP)
-    args = p.parse_args()
-    print(cpu_defaults.configure(args.plain_xla))
-
-    print(common.device_line())
+    args = common.parse_args(p)
     device = jax.devices()[0]
     results = []
     for arch in args.archs.split(","):

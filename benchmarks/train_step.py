@@ -21,7 +21,7 @@ import common
 import jax
 import numpy as np
 
-from jdiffseg.runtime import cpu_defaults, sharding
+from jdiffseg.runtime import sharding
 
 ARCHS = ("ensemdiff", "segdiff", "medsegdiff", "nnunet")
 
@@ -68,11 +68,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--remat", action="store_true", help="set config.model.remat")
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--jsonl", default="", help=common.JSONL_HELP)
-    parser.add_argument("--plain_xla", action="store_true", help=cpu_defaults.PLAIN_HELP)
-    args = parser.parse_args()
-    print(cpu_defaults.configure(args.plain_xla))
-    print(common.device_line())
+    args = common.parse_args(parser)
     rows = []
     header = f"{'arch':<11}{'preset':<7}{'px':>5}{'batch':>6}{'params':>12}{'ms/step':>10}"
     print(header + f"{'img/s':>9}{'GFLOP':>9}{'MFU':>7}{'GB':>8}{'peak GB':>9}")
