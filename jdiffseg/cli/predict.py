@@ -46,11 +46,13 @@ def main(argv: list[str]) -> int:
     flags.DEFINE_string("output", None, "the folder the outputs go to", flag_values=fv)
     flags.DEFINE_bool("keep_going", False, "skip unreadable inputs and report them at the end",
                       flag_values=fv)
+    cli_flags.define_replica_flag(fv)
     flags.mark_flags_as_required(["workdir", "input", "output"], flag_values=fv)
     cli_flags.parse_flags(fv, "predict", argv)
     try:
         summary = predict.predict(fv.workdir, fv.input, fv.output,
-                                  cli_flags.config_overrides(fv), keep_going=fv.keep_going)
+                                  cli_flags.config_overrides(fv), keep_going=fv.keep_going,
+                                  replica=fv.replica)
     except (FileNotFoundError, ValueError, KeyError, DataError) as err:
         print(f"jdiffseg predict: {err}", file=sys.stderr)
         return 1

@@ -31,6 +31,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from jdiffseg.config import population
 from jdiffseg.data import registry
 from jdiffseg.data.builders.common import BINARY_CLASSES, class_names
 from jdiffseg.data.images import DataError
@@ -164,11 +165,15 @@ def predict(
     config_overrides: Mapping[str, Any] | None = None,
     *,
     keep_going: bool = False,
+    replica: int | None = None,
 ) -> Summary:
     """Predicts every case under `input_path` with the run in `workdir` into `out_dir` (see
-    the module docstring). Cases whose outputs are complete are left as they are."""
+    the module docstring). Cases whose outputs are complete are left as they are. A
+    population run predicts with its replica `replica` (its parameters and seed)."""
     workdir, input_path, out_dir = Path(workdir), Path(input_path), Path(out_dir)
     config = run_dir.read_config(workdir, config_overrides)
+    if replica is not None and population.size(config) > 1:
+        config = population.replica_config(config, replica)
     if config.model.mode == "image_generation":
         raise ValueError("config.model.mode='image_generation' models images, not masks; "
                          "there is nothing to segment")
@@ -189,7 +194,8 @@ def predict(
     channels = predictors.mask_channels(config)
     model = build_model(config.model, image_channels=cases.channels, mask_channels=channels)
     params, meta = variables.restore(workdir, config, model, image_shape,
-                                     which=e.checkpoint, use_ema=bool(e.use_ema))
+                                     which=e.checkpoint, use_ema=bool(e.use_ema),
+                                     replica=replica)
     params = jax.device_put(params, sharding.replicated(mesh))
     predict_fn, described = predictors.make_eval_predictor(config, model, params, image_shape,
                                                            mesh)

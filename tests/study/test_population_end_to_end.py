@@ -11,12 +11,14 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from prediction_support import write_images
 from train_support import shrink_model, tiny_config
 
 from jdiffseg.analysis import analyze
 from jdiffseg.cli import evaluate as cli_evaluate
 from jdiffseg.cli import export_replica as cli_export
 from jdiffseg.evaluation import report
+from jdiffseg.prediction import predict
 from jdiffseg.runtime import checkpoint, run_dir, runlog
 from jdiffseg.training import train
 
@@ -107,3 +109,11 @@ def test_evaluate_analyze_report_and_export(trained, tmp_path, capsys):
         np.testing.assert_array_equal(a, b)
     assert cli_evaluate.main([f"--workdir={workdir}", "--replica=7"]) == 1
     assert "the population has 3" in capsys.readouterr().err
+
+    write_images(tmp_path / "in", [(20, 24)])
+    small = {k: v for k, v in SMALL_EVAL.items() if k != "eval.num_cases"}
+    with pytest.raises(ValueError, match="--replica"):
+        predict.predict(workdir, tmp_path / "in", tmp_path / "all", small)
+    summary = predict.predict(workdir, tmp_path / "in", tmp_path / "one", small, replica=1)
+    assert summary.written == ["case_0"]
+    assert (tmp_path / "one" / "case_0_mask.png").is_file()
