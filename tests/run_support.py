@@ -14,11 +14,11 @@ from jdiffseg.models import build_model
 from jdiffseg.runtime import checkpoint, run_dir
 
 
-def random_variables(model, mode: str, size: int) -> dict:
+def random_variables(model, mode: str, size: int, image_channels: int = 3) -> dict:
     """Random variables of the model's shapes for `size` px images (norm scales and BatchNorm
     running variances near 1, everything else near 0)."""
     key = jax.random.key(1)
-    image = jnp.zeros((1, size, size, 3)) if mode != "mask_only" else None
+    image = jnp.zeros((1, size, size, image_channels)) if mode != "mask_only" else None
     shapes = jax.eval_shape(
         lambda: model.init(
             {"params": key, "dropout": key},
@@ -38,13 +38,16 @@ def random_variables(model, mode: str, size: int) -> dict:
 
 
 def write_run(
-    workdir: Path, config: ml_collections.ConfigDict, *, ema_scale: float = 1.0, step: int = 3
+    workdir: Path, config: ml_collections.ConfigDict, *, ema_scale: float = 1.0, step: int = 3,
+    image_channels: int = 3,
 ) -> dict:
-    """config.json and a checkpoint (params, EMA params = `ema_scale` × params) in `workdir`."""
+    """config.json and a checkpoint (params, EMA params = `ema_scale` × params) in `workdir`,
+    for `image_channels`-channel inputs (3: the 2D datasets' RGB)."""
     workdir.mkdir(parents=True)
     run_dir.write_config(str(workdir), config)
-    model = build_model(config.model, image_channels=3)
-    variables = random_variables(model, config.model.mode, int(config.data.image_size))
+    model = build_model(config.model, image_channels=image_channels)
+    variables = random_variables(model, config.model.mode, int(config.data.image_size),
+                                 image_channels)
     params = variables["params"]
     state = {
         "params": params,

@@ -30,7 +30,7 @@ from jdiffseg.data.images import (
 )
 from jdiffseg.data.pipeline import normalise_image
 from jdiffseg.prediction import outputs
-from jdiffseg.prediction.readers import Case, Loaded, Prediction
+from jdiffseg.prediction.readers import Case, Loaded, Prediction, is_volumetric
 
 OUTPUT_SUFFIXES = ("_mask.png", "_probs.npy", "_uncertainty.npy", ".json")
 
@@ -47,9 +47,12 @@ class ImageReader:
                 for p in sorted(path.rglob("*")) if p.is_file() and _is_image(p)]
 
     def check_run(self, config: ml_collections.ConfigDict) -> None:
-        del config  # every 2D dataset stores RGB images
+        if is_volumetric(config):  # every 2D dataset stores RGB images
+            raise ValueError(
+                f"the run was trained on volumes (config.data.name={config.data.name!r}); "
+                "give it NIfTI files, not images")
 
-    def num_slices(self, case: Case) -> int:
+    def num_slices(self, case: Case, config: ml_collections.ConfigDict) -> int:
         return 1
 
     def read(self, case: Case, config: ml_collections.ConfigDict) -> Loaded:

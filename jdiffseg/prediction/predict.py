@@ -39,15 +39,20 @@ from jdiffseg.data.pipeline import to_global
 from jdiffseg.models import build_model
 from jdiffseg.prediction import outputs
 from jdiffseg.prediction.images import ImageReader
-from jdiffseg.prediction.readers import Case, Loaded, Prediction, Reader, find_cases, image_channels
+from jdiffseg.prediction.readers import (
+    Case,
+    Loaded,
+    PredictError,
+    Prediction,
+    Reader,
+    find_cases,
+    run_channels,
+)
+from jdiffseg.prediction.volumes import VolumeReader
 from jdiffseg.runtime import run_dir, runlog, sharding, variables
 from jdiffseg.scoring import fusion, multiclass, predictors
 
-READERS: tuple[Reader, ...] = (ImageReader(),)
-
-
-class PredictError(ValueError):
-    """A case cannot be predicted (unreadable input, wrong channels); names the case."""
+READERS: tuple[Reader, ...] = (ImageReader(), VolumeReader())
 
 
 @dataclasses.dataclass
@@ -116,12 +121,12 @@ class _Cases:
                  out_dir: Path, keep_going: bool) -> None:
         self.found, self.config, self.out_dir = found, config, out_dir
         self.keep_going = keep_going
-        self.channels = image_channels(config)
+        self.channels = run_channels(config)
         self.done = [_complete(r, c, out_dir) for r, c in found]
         self.skipped: dict[str, str] = {}
         self.loaded: dict[int, Loaded] = {}
         self.results: dict[int, list[dict[str, np.ndarray]]] = {}
-        counts = [reader.num_slices(case) for reader, case in found]
+        counts = [reader.num_slices(case, config) for reader, case in found]
         # slot -> (case index, slice index)
         self.slots = [(i, s) for i, n in enumerate(counts) for s in range(n)]
 

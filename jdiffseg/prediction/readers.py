@@ -1,7 +1,7 @@
 """What `jdiffseg predict` reads: cases found under an input path, each read into the model
 slices of the run and written back at the input's own size and geometry.
 
-A reader knows one kind of input (2D image files; NIfTI volumes can be another). `find_cases`
+A reader knows one kind of input (2D image files, NIfTI volumes). `find_cases`
 asks every reader for the cases under a file or folder; the prediction loop only sees `Case`s
 and `Loaded` slices, so adding a kind of input means adding a reader to `READERS`.
 """
@@ -16,7 +16,14 @@ from typing import Any, Protocol
 import ml_collections
 import numpy as np
 
+from jdiffseg.data import registry
 from jdiffseg.data.images import DataError
+from jdiffseg.data.pipeline import dataset_metadata
+
+
+class PredictError(ValueError):
+    """A case cannot be predicted (unreadable input with no --keep_going, channels that do not
+    fit the run); names the case. Unlike `DataError`, --keep_going does not skip it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +68,7 @@ class Reader(Protocol):
     def check_run(self, config: ml_collections.ConfigDict) -> None:
         """Raises ValueError when the run was not trained on data of this kind."""
 
-    def num_slices(self, case: Case) -> int:
+    def num_slices(self, case: Case, config: ml_collections.ConfigDict) -> int:
         """How many model slices `read` will give (cheap: no voxels are decoded)."""
 
     def read(self, case: Case, config: ml_collections.ConfigDict) -> Loaded:
@@ -77,10 +84,17 @@ class Reader(Protocol):
         row of cases.csv."""
 
 
-def image_channels(config: ml_collections.ConfigDict) -> int:
-    """Channels of the run's model input: RGB for the 2D datasets."""
-    del config
-    return 3
+def is_volumetric(config: ml_collections.ConfigDict) -> bool:
+    """Whether the run was trained on a volumetric (NIfTI) dataset."""
+    return config.data.name in registry.VOLUMETRIC
+
+
+def run_channels(config: ml_collections.ConfigDict) -> int:
+    """Channels of the run's model input: RGB for the 2D datasets; a volumetric dataset's
+    channels (from its metadata, so the dataset must be prepared or preparable)."""
+    if not is_volumetric(config):
+        return 3
+    return len(dataset_metadata(config)["channel_names"])
 
 
 def find_cases(path: Path, readers: tuple[Reader, ...]) -> list[tuple[Reader, Case]]:
