@@ -17,7 +17,9 @@ usage: jdiffseg predict --workdir=RUN --input=PATH --output=DIR [--keep_going]
                         [--config.SECTION.KEY=VALUE ...]
 
   --workdir: a trained (or imported) run's directory
-  --input: an image file (PNG, JPEG, TIFF, ...) or a folder of them, searched recursively
+  --input: an image file (PNG, JPEG, TIFF, ...) or a folder of them, searched recursively;
+      for a run on volumes: a NIfTI file (3D, or 4D with the channels last) or a folder of
+      them, nnU-Net's CASE_0000.nii.gz, CASE_0001.nii.gz, ... grouped per case
   --output: where the outputs go (outside the input folder); a rerun skips finished cases
   --keep_going: skip unreadable inputs, list them at the end and exit with status 1
   --config.SECTION.KEY=VALUE: overrides a key of the run's config.json, e.g.
@@ -28,7 +30,9 @@ usage: jdiffseg predict --workdir=RUN --input=PATH --output=DIR [--keep_going]
 
 writes per case, at the input's size: NAME_mask.png (0/255, or the class index 0..C),
 NAME_probs.npy (float32 foreground or per-class probabilities), NAME_uncertainty.npy (predictive
-entropy in bits), NAME.json; and DIR/cases.csv (foreground pixels per class, uncertainty)"""
+entropy in bits), NAME.json; and DIR/cases.csv (foreground pixels per class, uncertainty).
+Volumes give NAME_mask.nii.gz (0/1 or 0..C), NAME_probs.nii.gz, NAME_uncertainty.nii.gz on the
+input's grid with its affine and header, and the foreground in voxels and mm3 in cases.csv"""
 
 
 def main(argv: list[str]) -> int:
@@ -42,7 +46,8 @@ def main(argv: list[str]) -> int:
     ) is None:
         return 2
     flags.DEFINE_string("workdir", None, "a trained run's directory", flag_values=fv)
-    flags.DEFINE_string("input", None, "an image file or a folder of images", flag_values=fv)
+    flags.DEFINE_string("input", None, "an image or NIfTI file, or a folder of them",
+                        flag_values=fv)
     flags.DEFINE_string("output", None, "the folder the outputs go to", flag_values=fv)
     flags.DEFINE_bool("keep_going", False, "skip unreadable inputs and report them at the end",
                       flag_values=fv)

@@ -1,4 +1,5 @@
-"""`jdiffseg predict`: a trained run's masks, class probabilities and uncertainty for new images.
+"""`jdiffseg predict`: a trained run's masks, class probabilities and uncertainty for new images
+or NIfTI volumes (the readers: `prediction.images`, `prediction.volumes`).
 
     jdiffseg predict --workdir=runs/ens --input=my_images/ --output=my_masks/
     jdiffseg predict --workdir=runs/ens --input=scan.png --output=out --config.eval.sampler=dpmpp_2m

@@ -125,12 +125,15 @@ def test_nnunet_folder_restacked_on_the_inputs_grid_and_resumed(run, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_4d_file_predicts_as_its_channel_files_and_a_wrong_channel_count_is_named(
+def test_a_4d_file_equals_its_channel_files_corrupt_ones_skip_wrong_channels_stop(
         run, tmp_path):
     workdir, _ = run
     image, _ = case_volumes(0, 2)  # toy_000 of the fixture, as one Decathlon-style 4D file
     save(tmp_path / "in4d" / "toy_000.nii.gz", image)
-    predict.predict(workdir, tmp_path / "in4d", tmp_path / "out4d")
+    (tmp_path / "in4d" / "broken.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
+    summary = predict.predict(workdir, tmp_path / "in4d", tmp_path / "out4d", keep_going=True)
+    assert summary.written == ["toy_000"] and list(summary.skipped) == ["broken"]
+    assert "broken.nii.gz" in summary.skipped["broken"]
     channel_files = tmp_path / "in3d"
     for c in range(2):
         save(channel_files / f"toy_000_{c:04d}.nii.gz", image[..., c])
