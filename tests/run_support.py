@@ -12,9 +12,11 @@ import numpy as np
 
 from jdiffseg.models import build_model
 from jdiffseg.runtime import checkpoint, run_dir
+from jdiffseg.scoring import predictors
 
 
-def random_variables(model, mode: str, size: int, image_channels: int = 3) -> dict:
+def random_variables(model, mode: str, size: int, image_channels: int = 3,
+                     mask_channels: int = 1) -> dict:
     """Random variables of the model's shapes for `size` px images (norm scales and BatchNorm
     running variances near 1, everything else near 0)."""
     key = jax.random.key(1)
@@ -22,7 +24,7 @@ def random_variables(model, mode: str, size: int, image_channels: int = 3) -> di
     shapes = jax.eval_shape(
         lambda: model.init(
             {"params": key, "dropout": key},
-            jnp.zeros((1, size, size, 1)),
+            jnp.zeros((1, size, size, mask_channels)),
             jnp.zeros((1,), jnp.int32),
             image,
         )
@@ -45,9 +47,10 @@ def write_run(
     for `image_channels`-channel inputs (3: the 2D datasets' RGB)."""
     workdir.mkdir(parents=True)
     run_dir.write_config(str(workdir), config)
-    model = build_model(config.model, image_channels=image_channels)
+    masks = predictors.mask_channels(config)
+    model = build_model(config.model, image_channels=image_channels, mask_channels=masks)
     variables = random_variables(model, config.model.mode, int(config.data.image_size),
-                                 image_channels)
+                                 image_channels, masks)
     params = variables["params"]
     state = {
         "params": params,

@@ -26,18 +26,24 @@ from jdiffseg.scoring import predictors
 CASES = ["toy_000", "toy_001", "toy_002", "toy_003"]
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory) -> tuple[Path, Path]:
-    """(workdir, its imagesTr/): a feed-forward run (deterministic per slice) on the fixture."""
-    root = tmp_path_factory.mktemp("predict_volumes")
-    raw = write_nnunet(root / "raw", n=len(CASES))
+def _volume_run(root: Path, target: str = "foreground", num_classes: int = 1) -> Path:
+    """A feed-forward run (deterministic per slice) on the nnU-Net fixture under `root`."""
     config = shrink_model(tiny_config(root / "data", mode="feedforward"))
     config.data.name, config.data.variant = "nnunet", "fixture"
-    config.data.manual_dir = str(raw.parent)
+    config.data.manual_dir = str(root / "raw")
     config.data.test_fraction = config.data.val_fraction = 0.25
-    workdir = root / "run"
+    config.data.target, config.data.num_classes = target, num_classes
+    workdir = root / f"run_{target}"
     write_run(workdir, config, image_channels=2)
-    return workdir, raw / "imagesTr"
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> tuple[Path, Path]:
+    """(a binary run's workdir, the fixture's imagesTr/)."""
+    root = tmp_path_factory.mktemp("predict_volumes")
+    raw = write_nnunet(root / "raw", n=len(CASES))
+    return _volume_run(root), raw / "imagesTr"
 
 
 def _load(path: Path) -> nib.Nifti1Image:
@@ -154,3 +160,25 @@ def test_a_4d_file_equals_its_channel_files_corrupt_ones_skip_wrong_channels_sto
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "photo.png")
     with pytest.raises(ValueError, match="trained on volumes"):
         predict.predict(workdir, tmp_path / "photo.png", tmp_path / "out2")
+
+
+@pytest.mark.slow
+def test_a_multiclass_run_writes_class_indices_and_a_4d_probability_map(run, tmp_path):
+    _, images = run
+    workdir = _volume_run(images.parents[2], target="classes", num_classes=2)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for path in sorted(images.glob("toy_003_*")):
+        (inputs / path.name).write_bytes(path.read_bytes())
+    predict.predict(workdir, inputs, tmp_path / "out")
+    mask = np.asarray(_load(tmp_path / "out" / "toy_003_mask.nii.gz").dataobj)
+    probs = _load(tmp_path / "out" / "toy_003_probs.nii.gz")
+    assert mask.shape == SHAPE and set(np.unique(mask)) <= {0, 1, 2}
+    assert probs.shape == (*SHAPE, 3) and np.allclose(probs.affine, affine())
+    np.testing.assert_allclose(probs.get_fdata().sum(axis=-1), 1.0, atol=1e-5)
+    with open(tmp_path / "out" / "cases.csv") as f:
+        (row,) = csv.DictReader(f)
+    for c, name in ((1, "organ"), (2, "lesion")):
+        assert float(row[f"voxels_{name}"]) == np.sum(mask == c)
+        assert float(row[f"mm3_{name}"]) == pytest.approx(
+            np.sum(mask == c) * np.prod(SPACING), rel=1e-5)
