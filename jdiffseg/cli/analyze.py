@@ -48,11 +48,11 @@ def main(argv: list[str]) -> int:
     """
     argv = _expand_compare(list(argv))
     fv = flags.FlagValues()
-    config = cli_flags.define_run_config_flag(
-        fv, argv, "analyze", "the run's config; override keys with --config.a.b=v")
+    config = cli_flags.define_run_flags(
+        fv, argv, "analyze", "the run's config; override keys with --config.a.b=v",
+        "trained diffusion-segmentation (E2) run")
     if config is None:
         return 2
-    flags.DEFINE_string("workdir", None, "trained diffusion-segmentation (E2) run", flag_values=fv)
     flags.DEFINE_string("mask_only_workdir", None, "trained mask-only (E3) run", flag_values=fv)
     flags.DEFINE_string("image_generation_workdir", None, "trained image-generation (E4) run",
                         flag_values=fv)

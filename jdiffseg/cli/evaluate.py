@@ -38,11 +38,8 @@ def main(argv: list[str]) -> int:
         print(_usage())
         return 0
     fv = flags.FlagValues()
-    if cli_flags.define_run_config_flag(
-        fv, argv, "evaluate", "the run's config.json; override keys with --config.eval.KEY=VALUE"
-    ) is None:
+    if cli_flags.define_run_flags(fv, argv, "evaluate") is None:
         return 2
-    flags.DEFINE_string("workdir", None, "a trained run's directory", flag_values=fv)
     cli_flags.define_replica_flag(fv)
     flags.mark_flags_as_required(["workdir"], flag_values=fv)
     cli_flags.parse_flags(fv, "evaluate", argv)

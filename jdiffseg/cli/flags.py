@@ -59,12 +59,17 @@ def flag_value(argv: Sequence[str], name: str) -> str | None:
     return None
 
 
-def define_run_config_flag(
-    fv: flags.FlagValues, argv: Sequence[str], command: str, help_text: str
+def define_run_flags(
+    fv: flags.FlagValues,
+    argv: Sequence[str],
+    command: str,
+    config_help: str = "the run's config.json; override keys with --config.eval.KEY=VALUE",
+    workdir_help: str = "a trained run's directory",
 ) -> flags.FlagHolder | None:
-    """`--config`: the config.json of the run `--workdir` in `argv` names (locked), whose keys
-    `--config.a.b=v` override. A run whose config cannot be read, or an unknown key, prints
-    `jdiffseg COMMAND: ...` saying why and returns None (exit status 2)."""
+    """`--workdir` and `--config`: the config.json of the run `--workdir` in `argv` names
+    (locked), whose keys `--config.a.b=v` override. A run whose config cannot be read, or an
+    unknown key, prints `jdiffseg COMMAND: ...` saying why and returns None (exit status 2)."""
+    flags.DEFINE_string("workdir", None, workdir_help, flag_values=fv)
     workdir = flag_value(argv, "workdir")
     try:
         base = run_dir.read_config(workdir) if workdir else schema.base_config()
@@ -73,7 +78,7 @@ def define_run_config_flag(
         return None
     try:
         return config_flags.DEFINE_config_dict(
-            "config", base, help_text, flag_values=fv, lock_config=True,
+            "config", base, config_help, flag_values=fv, lock_config=True,
             sys_argv=["jdiffseg", *argv],
         )
     except (AttributeError, KeyError) as err:

@@ -41,11 +41,8 @@ def main(argv: list[str]) -> int:
         print(USAGE)
         return 0
     fv = flags.FlagValues()
-    if cli_flags.define_run_config_flag(
-        fv, argv, "predict", "the run's config.json; override keys with --config.eval.KEY=VALUE"
-    ) is None:
+    if cli_flags.define_run_flags(fv, argv, "predict") is None:
         return 2
-    flags.DEFINE_string("workdir", None, "a trained run's directory", flag_values=fv)
     flags.DEFINE_string("input", None, "an image or NIfTI file, or a folder of them",
                         flag_values=fv)
     flags.DEFINE_string("output", None, "the folder the outputs go to", flag_values=fv)

@@ -23,20 +23,28 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
     Values are converted to the type of the default (int, float, bool, str).
     """
     out = ml_collections.ConfigDict(dict(defaults))
-    if not arg:
-        return out
-    for item in arg.split(","):
-        if not item.strip():
-            continue
-        if "=" not in item:
-            raise ValueError(f"config argument {item!r} is not of the form key=value (in {arg!r})")
-        key, value = (s.strip() for s in item.split("=", 1))
+    for key, value in key_value_items(arg or "", ",", "config argument", "key=value"):
         if key not in defaults:
             raise KeyError(
                 f"unknown config argument {key!r} in {arg!r}; known: {', '.join(sorted(defaults))}"
             )
         out[key] = _convert(value, defaults[key], key)
     return out
+
+
+def key_value_items(text: str, separator: str, what: str, form: str
+                    ) -> list[tuple[str, str]]:
+    """`text` split at `separator` into stripped (key, value) pairs, blank items skipped; an
+    item without '=' is a ValueError naming `what`, the expected `form` and the whole text."""
+    pairs = []
+    for item in text.split(separator):
+        if not item.strip():
+            continue
+        if "=" not in item:
+            raise ValueError(f"{what} {item!r} is not of the form {form} (in {text!r})")
+        key, value = item.split("=", 1)
+        pairs.append((key.strip(), value.strip()))
+    return pairs
 
 
 def _convert(value: str, default: Any, key: str) -> Any:

@@ -56,15 +56,8 @@ def parse_overrides(text: str) -> dict[str, list[Any]]:
         if not isinstance(raw, dict) or not all(isinstance(v, list) for v in raw.values()):
             raise ValueError(f"{WHERE}: JSON must map keys to lists of values, got {text!r}")
         return {str(k): list(v) for k, v in raw.items()}
-    out: dict[str, list[Any]] = {}
-    for item in text.split(";"):
-        if not item.strip():
-            continue
-        if "=" not in item:
-            raise ValueError(f"{WHERE}: {item!r} is not of the form key=v1,v2,... (in {text!r})")
-        key, values = (s.strip() for s in item.split("=", 1))
-        out[key] = [_value(v.strip()) for v in _split_top_level(values)]
-    return out
+    return {key: [_value(v.strip()) for v in _split_top_level(values)]
+            for key, values in parsing.key_value_items(text, ";", f"{WHERE}:", "key=v1,v2,...")}
 
 
 def _split_top_level(text: str) -> list[str]:

@@ -158,14 +158,8 @@ def predict_x0(
 
 
 def p_mean_variance(
-    s: Schedule,
-    model_out: jax.Array,
-    x_t: jax.Array,
-    t: jax.Array,
-    *,
-    prediction: str = "eps",
-    variance: str = "fixed_large",
-    clip_x0: bool = False,
+    s: Schedule, model_out: jax.Array, x_t: jax.Array, t: jax.Array, *, prediction: str = "eps",
+    variance: str = "fixed_large", clip_x0: bool = False,
     clip_range: tuple[float, float] = (-1.0, 1.0),
 ) -> dict[str, jax.Array]:
     """The reverse step p(x_{t-1} | x_t) from a raw model output.

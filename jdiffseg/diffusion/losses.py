@@ -76,15 +76,8 @@ def sum_flat(x: jax.Array) -> jax.Array:
 
 
 def vb_term(
-    s: Schedule,
-    model_out: jax.Array,
-    x0: jax.Array,
-    x_t: jax.Array,
-    t: jax.Array,
-    *,
-    prediction: str = "eps",
-    variance: str = "fixed_large",
-    clip_x0: bool = False,
+    s: Schedule, model_out: jax.Array, x0: jax.Array, x_t: jax.Array, t: jax.Array, *,
+    prediction: str = "eps", variance: str = "fixed_large", clip_x0: bool = False,
 ) -> jax.Array:
     """Per-example VB term in bits/dim: decoder NLL where t == 0, else the posterior KL."""
     true_mean, _, true_log_var = gaussian.q_posterior(s, x0, x_t, t)
@@ -99,18 +92,9 @@ def vb_term(
 
 
 def training_losses(
-    s: Schedule,
-    model_out: jax.Array,
-    x0: jax.Array,
-    x_t: jax.Array,
-    t: jax.Array,
-    noise: jax.Array,
-    *,
-    prediction: str = "eps",
-    variance: str = "fixed_large",
-    reduction: str = "mean",
-    use_vb: bool = True,
-    rescale_vb: bool = False,
+    s: Schedule, model_out: jax.Array, x0: jax.Array, x_t: jax.Array, t: jax.Array,
+    noise: jax.Array, *, prediction: str = "eps", variance: str = "fixed_large",
+    reduction: str = "mean", use_vb: bool = True, rescale_vb: bool = False,
 ) -> dict[str, jax.Array]:
     """Per-example losses {'loss', 'mse', 'vb'}, each of shape (B,).
 

@@ -173,7 +173,23 @@ class Upsample(nn.Module):
         return x
 
 
-class ResBlock(nn.Module):
+class ResidualStyle(nn.Module, kw_only=True):
+    """How residual blocks are built, shared by `ResBlock` and the `UNet` that makes them:
+    dropout, scale-shift conditioning, GroupNorm groups and the compute dtype (keyword-only,
+    so that subclasses list their own fields first)."""
+
+    dropout: float = 0.0
+    use_scale_shift_norm: bool = False
+    num_groups: int = 32
+    dtype: Dtype = jnp.float32
+
+    def residual_style(self) -> dict[str, Any]:
+        """This module's `ResidualStyle` fields, to build a `ResBlock` in the same style."""
+        return {name: getattr(self, name)
+                for name in ("dropout", "use_scale_shift_norm", "num_groups", "dtype")}
+
+
+class ResBlock(ResidualStyle):
     """Timestep-conditioned residual block.
 
     ``GN → SiLU → [up/down] → conv3``, plus the embedding (added, or as scale-shift on the
@@ -183,12 +199,8 @@ class ResBlock(nn.Module):
     """
 
     out_channels: int | None = None
-    dropout: float = 0.0
-    use_scale_shift_norm: bool = False
     up: bool = False
     down: bool = False
-    num_groups: int = 32
-    dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, emb: jax.Array, train: bool = False) -> jax.Array:

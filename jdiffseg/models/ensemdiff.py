@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -18,18 +17,14 @@ from jdiffseg.models.presets import UNET_FIELDS, resolve
 from jdiffseg.models.unet import UNet, build_unet
 
 
-class EnsemDiff(nn.Module):
+class EnsemDiff(modes.ModeNet):
     """``(x_t, t, image) -> {'out': (B, H, W, C_out)}`` with ``concat([image, x_t])`` input."""
 
     unet: UNet
-    mode: str = "diffusion"
-    image_channels: int = 3
-    mask_channels: int = 1
 
-    def __call__(
-        self, x_t: jax.Array, t: jax.Array, image: jax.Array | None = None, *, train: bool = False
+    def forward(
+        self, x_t: jax.Array, t: jax.Array, image: jax.Array | None, *, train: bool
     ) -> dict[str, jax.Array]:
-        modes.check_inputs(self, x_t, image)
         x = x_t if image is None else jnp.concatenate([image.astype(x_t.dtype), x_t], axis=-1)
         return {"out": self.unet(x, t, train=train)}
 
@@ -48,4 +43,4 @@ def build(model_config: Any, *, image_channels: int, mask_channels: int = 1) -> 
         dtype=jnp.dtype(model_config.dtype),
         remat=bool(model_config.remat),
     )
-    return EnsemDiff(unet, mode, image_channels, mask_channels)
+    return EnsemDiff(unet, mode=mode, image_channels=image_channels, mask_channels=mask_channels)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -73,3 +74,43 @@ def check_inputs(model: Any, x_t: jax.Array, image: jax.Array | None) -> None:
             f"{where} (mode={mode!r}): image must be {(*x_t.shape[:3], image_channels)}, "
             f"got {tuple(image.shape)}"
         )
+
+
+def check_feedforward_only(where: str, mode: str) -> None:
+    """Raises unless `mode` is 'feedforward', for the baselines that only segment."""
+    if mode != "feedforward":
+        raise ValueError(f"{where} is a feed-forward segmenter and only supports "
+                         f"mode='feedforward', got mode={mode!r}")
+
+
+def check_segmenter_inputs(where: str, x_t: jax.Array, image: jax.Array | None) -> jax.Array:
+    """The image of a feed-forward baseline's call, checked: present, NHWC, and of `x_t`'s
+    batch and size (`x_t` itself is unused; it keeps the common call signature)."""
+    if image is None:
+        raise ValueError(f"{where} needs `image` (B, H, W, C)")
+    if image.ndim != 4 or image.shape[:3] != x_t.shape[:3]:
+        raise ValueError(f"{where}: image {image.shape} and x_t {x_t.shape} must be NHWC of the "
+                         "same batch and size")
+    return image
+
+
+class ModeNet(nn.Module, kw_only=True):
+    """Base of the networks whose call is ``(x_t, t, image) -> {'out': ...}``: the mode and
+    channel fields (keyword-only, so subclasses list their submodules first) and a call that
+    checks its inputs against them before `forward`."""
+
+    mode: str = "diffusion"
+    image_channels: int = 3
+    mask_channels: int = 1
+
+    def __call__(
+        self, x_t: jax.Array, t: jax.Array, image: jax.Array | None = None, *, train: bool = False
+    ) -> dict[str, jax.Array]:
+        check_inputs(self, x_t, image)
+        return self.forward(x_t, t, image, train=train)
+
+    def forward(
+        self, x_t: jax.Array, t: jax.Array, image: jax.Array | None, *, train: bool
+    ) -> dict[str, jax.Array]:
+        """The network on checked inputs."""
+        raise NotImplementedError

@@ -17,6 +17,7 @@ PyTorch: Flax updates the running variance with the biased batch variance.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,7 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jdiffseg.models import presets
+from jdiffseg.models import modes, presets
 
 # He-normal (fan-in, LeakyReLU slope 0.01), biases zero: the authors' `InitWeights_He(1e-2)`.
 HE_INIT = nn.initializers.variance_scaling(2.0 / (1.0 + 0.01**2), "fan_in", "normal")
@@ -112,7 +113,25 @@ class ConvDropoutNormAct(nn.Module):
         return nn.leaky_relu(x, 0.01).astype(self.dtype)
 
 
-class GenericUNet(nn.Module):
+class UNetShape(nn.Module):
+    """The fields `GenericUNet` and the `NNUNet` baseline share: widths, depth, norm, dropout,
+    dtype and rematerialisation."""
+
+    base_channels: int = 32
+    num_pool: int = 5
+    max_channels: int = 480
+    norm: str = "batch"
+    encoder_dropout: float = 0.5
+    dtype: Any = jnp.float32
+    remat: bool = False
+
+    def shape_fields(self) -> dict[str, Any]:
+        """This module's `UNetShape` fields, to build a `GenericUNet` of the same shape."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(UNetShape)
+                if f.name not in ("parent", "name")}
+
+
+class GenericUNet(UNetShape):
     """The nnU-Net 2-D UNet; returns logits plus the features MedSegDiff taps.
 
     Output dict: 'logits' (B, H, W, out_channels), 'bottleneck' (B, H/2^P, W/2^P, C_P-1),
@@ -121,14 +140,7 @@ class GenericUNet(nn.Module):
     (MedSegDiff v1's FF-Parser gating); each must broadcast against that stage's output.
     """
 
-    base_channels: int = 32
-    num_pool: int = 5
-    max_channels: int = 480
     out_channels: int = 1
-    norm: str = "batch"
-    encoder_dropout: float = 0.5
-    dtype: Any = jnp.float32
-    remat: bool = False
 
     @nn.compact
     def __call__(
@@ -172,18 +184,12 @@ class GenericUNet(nn.Module):
             x = conv(skip_channels, 0.0, f"dec{u}_conv0", x)
             x = conv(out_channels, 0.0, f"dec{u}_conv1", x)
             decoder.append(x)
-        logits = nn.Conv(
-            self.out_channels,
-            (1, 1),
-            use_bias=False,
-            dtype=self.dtype,
-            kernel_init=HE_INIT,
-            name="seg_out",
-        )(x)
+        logits = nn.Conv(self.out_channels, (1, 1), use_bias=False, dtype=self.dtype,
+                         kernel_init=HE_INIT, name="seg_out")(x)
         return {"logits": logits, "bottleneck": bottleneck, "decoder": tuple(decoder)}
 
 
-class NNUNet(nn.Module):
+class NNUNet(UNetShape):
     """Feed-forward nnU-Net baseline with the common model interface; 'feedforward' mode only.
 
     The mask input `x_t` and timestep `t` are accepted for a uniform call signature and not
@@ -192,39 +198,16 @@ class NNUNet(nn.Module):
 
     mask_channels: int = 1
     mode: str = "feedforward"
-    base_channels: int = 32
-    num_pool: int = 5
-    max_channels: int = 480
-    norm: str = "batch"
-    encoder_dropout: float = 0.5
-    dtype: Any = jnp.float32
-    remat: bool = False
 
     def setup(self) -> None:
-        if self.mode != "feedforward":
-            raise ValueError(
-                f"the nnU-Net baseline is a feed-forward segmenter and only supports "
-                f"mode='feedforward', got mode={self.mode!r}"
-            )
-        self.unet = GenericUNet(
-            base_channels=self.base_channels,
-            num_pool=self.num_pool,
-            max_channels=self.max_channels,
-            out_channels=self.mask_channels,
-            norm=self.norm,
-            encoder_dropout=self.encoder_dropout,
-            dtype=self.dtype,
-            remat=self.remat,
-        )
+        modes.check_feedforward_only("the nnU-Net baseline", self.mode)
+        self.unet = GenericUNet(out_channels=self.mask_channels, **self.shape_fields())
 
     def __call__(
         self, x_t: jax.Array, t: jax.Array, image: jax.Array | None = None, *, train: bool = False
     ) -> dict[str, jax.Array]:
         del t
-        if image is None:
-            raise ValueError("the nnU-Net baseline needs `image` (B, H, W, C)")
-        if image.shape[:3] != x_t.shape[:3]:
-            raise ValueError(f"image {image.shape} and x_t {x_t.shape} differ in batch or size")
+        image = modes.check_segmenter_inputs("the nnU-Net baseline", x_t, image)
         return {"out": self.unet(image, train=train)["logits"].astype(jnp.float32)}
 
 

@@ -25,12 +25,16 @@ def _lrelu(x: jax.Array) -> jax.Array:
     return nn.leaky_relu(x, NEGATIVE_SLOPE)
 
 
-class ResidualDenseBlock(nn.Module):
-    """Five 3x3 convs, each seeing the block input and all earlier outputs."""
+class DenseWidths(nn.Module):
+    """The fields of the dense blocks: their width, the growth per conv and the dtype."""
 
     features: int = 64
     growth: int = 32
     dtype: Dtype = jnp.float32
+
+
+class ResidualDenseBlock(DenseWidths):
+    """Five 3x3 convs, each seeing the block input and all earlier outputs."""
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -46,12 +50,8 @@ class ResidualDenseBlock(nn.Module):
         return y * RESIDUAL_SCALE + x
 
 
-class RRDB(nn.Module):
+class RRDB(DenseWidths):
     """Residual-in-residual dense block: three dense blocks and a scaled skip."""
-
-    features: int = 64
-    growth: int = 32
-    dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:

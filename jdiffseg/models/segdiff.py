@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -19,19 +18,15 @@ from jdiffseg.models.rrdb import RRDBNet
 from jdiffseg.models.unet import UNet, build_unet
 
 
-class SegDiff(nn.Module):
+class SegDiff(modes.ModeNet):
     """``(x_t, t, image) -> {'out': (B, H, W, C_out)}``; ``rrdb`` is None without an image."""
 
     unet: UNet
     rrdb: RRDBNet | None
-    mode: str = "diffusion"
-    image_channels: int = 3
-    mask_channels: int = 1
 
-    def __call__(
-        self, x_t: jax.Array, t: jax.Array, image: jax.Array | None = None, *, train: bool = False
+    def forward(
+        self, x_t: jax.Array, t: jax.Array, image: jax.Array | None, *, train: bool
     ) -> dict[str, jax.Array]:
-        modes.check_inputs(self, x_t, image)
         features = None if image is None or self.rrdb is None else self.rrdb(image)
         return {"out": self.unet(x_t, t, first_add=features, train=train)}
 
@@ -51,12 +46,8 @@ def build(model_config: Any, *, image_channels: int, mask_channels: int = 1) -> 
     )
     rrdb = None
     if modes.uses_image(mode):
-        rrdb = RRDBNet(
-            out_channels=fields["base_channels"],
-            num_blocks=fields["rrdb_blocks"],
-            features=fields["rrdb_channels"],
-            growth=fields["rrdb_growth"],
-            dtype=dtype,
-            remat=remat,
-        )
-    return SegDiff(unet, rrdb, mode, image_channels, mask_channels)
+        rrdb = RRDBNet(out_channels=fields["base_channels"], num_blocks=fields["rrdb_blocks"],
+                       features=fields["rrdb_channels"], growth=fields["rrdb_growth"],
+                       dtype=dtype, remat=remat)
+    return SegDiff(unet, rrdb, mode=mode, image_channels=image_channels,
+                   mask_channels=mask_channels)

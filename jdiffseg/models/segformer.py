@@ -29,7 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jdiffseg.models import presets
+from jdiffseg.models import modes, presets
 
 # Patch embedding kernels and strides of the four stages (the same in B0..B5).
 PATCH_SIZES = (7, 3, 3, 3)
@@ -282,11 +282,7 @@ class SegFormer(nn.Module):
     dtype: Any = jnp.float32
 
     def setup(self) -> None:
-        if self.mode != "feedforward":
-            raise ValueError(
-                f"SegFormer is a feed-forward segmenter and only supports mode='feedforward', "
-                f"got mode={self.mode!r}"
-            )
+        modes.check_feedforward_only("SegFormer", self.mode)
         stages = {len(self.hidden_sizes), len(self.depths), len(self.num_heads)}
         if stages | {len(self.sr_ratios)} != {len(PATCH_SIZES)}:
             raise ValueError(
@@ -315,13 +311,7 @@ class SegFormer(nn.Module):
         self, x_t: jax.Array, t: jax.Array, image: jax.Array | None = None, *, train: bool = False
     ) -> dict[str, jax.Array]:
         del t
-        if image is None:
-            raise ValueError("SegFormer needs `image` (B, H, W, C)")
-        if image.ndim != 4 or image.shape[:3] != x_t.shape[:3]:
-            raise ValueError(
-                f"SegFormer: image {image.shape} and x_t {x_t.shape} must be NHWC of the same "
-                "batch and size"
-            )
+        image = modes.check_segmenter_inputs("SegFormer", x_t, image)
         logits = self.logits(image, train)
         out = resize_bilinear(logits.astype(jnp.float32), *image.shape[1:3])
         return {"out": out}

@@ -27,6 +27,7 @@ from jdiffseg.models.blocks import (
     Downsample,
     GroupNorm32,
     ResBlock,
+    ResidualStyle,
     TimeEmbed,
     Upsample,
 )
@@ -110,7 +111,7 @@ def unet_layout(
     return Layout(tuple(inputs), middle, tuple(outputs))
 
 
-class UNet(nn.Module):
+class UNet(ResidualStyle):
     """guided-diffusion ``UNetModel`` (NHWC): ``x (B,H,W,in) , t (B,) -> (B,H,W,out_channels)``.
 
     The output head (GN → SiLU → zero conv3) runs in float32 whatever ``dtype`` is, as the
@@ -127,12 +128,8 @@ class UNet(nn.Module):
     num_heads: int = 1
     num_head_channels: int = -1
     num_heads_upsample: int = -1
-    dropout: float = 0.0
-    use_scale_shift_norm: bool = False
     resblock_updown: bool = False
     conv_resample: bool = True
-    num_groups: int = 32
-    dtype: Dtype = jnp.float32
     remat: bool = False
 
     def layout(self) -> Layout:
@@ -154,15 +151,8 @@ class UNet(nn.Module):
         if layer.kind == "conv":
             return Conv2d(layer.out_channels, 3, dtype=self.dtype)
         if layer.kind == "res":
-            return res_cls(
-                out_channels=layer.out_channels,
-                dropout=self.dropout,
-                use_scale_shift_norm=self.use_scale_shift_norm,
-                up=layer.resample == "up",
-                down=layer.resample == "down",
-                num_groups=self.num_groups,
-                dtype=self.dtype,
-            )
+            return res_cls(out_channels=layer.out_channels, up=layer.resample == "up",
+                           down=layer.resample == "down", **self.residual_style())
         if layer.kind == "attn":
             return attn_cls(
                 num_heads=layer.heads,
@@ -195,13 +185,8 @@ class UNet(nn.Module):
         """Timestep embedding ``(B, 4 * model_channels)``."""
         return self.time_embed(t)
 
-    def encode(
-        self,
-        x: jax.Array,
-        emb: jax.Array,
-        first_add: jax.Array | None = None,
-        train: bool = False,
-    ) -> list[jax.Array]:
+    def encode(self, x: jax.Array, emb: jax.Array, first_add: jax.Array | None = None,
+               train: bool = False) -> list[jax.Array]:
         """Input blocks; returns every block's output (the skip features, last = deepest).
 
         ``first_add`` is added to the output of the first convolution (before it is stored as
@@ -240,13 +225,8 @@ class UNet(nn.Module):
         """GN → SiLU → zero-initialised conv3, in float32."""
         return self.out_conv(nn.silu(self.out_norm(h.astype(jnp.float32))))
 
-    def __call__(
-        self,
-        x: jax.Array,
-        t: jax.Array,
-        first_add: jax.Array | None = None,
-        train: bool = False,
-    ) -> jax.Array:
+    def __call__(self, x: jax.Array, t: jax.Array, first_add: jax.Array | None = None,
+                 train: bool = False) -> jax.Array:
         emb = self.embed(t)
         hs = self.encode(x, emb, first_add, train)
         h = self.middle(hs[-1], emb, train)

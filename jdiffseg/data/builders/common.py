@@ -39,6 +39,15 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     VERSION = VERSION
     RELEASE_NOTES = RELEASE_NOTES
+    DESCRIPTION = ""
+    HOMEPAGE: str | None = None
+    CITATION: str | None = None
+    INSTANCES = False  # whether examples carry an instance map
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return dataset_info(self, self.DESCRIPTION, self.builder_config.image_size,
+                            instances=self.INSTANCES, homepage=self.HOMEPAGE,
+                            citation=self.CITATION)
 
     @tfds.core.utils.classproperty
     @classmethod
@@ -118,6 +127,16 @@ def carve(keys: Sequence[str], fraction: float, seed: int) -> tuple[list[str], l
     order = np.random.default_rng(seed).permutation(len(keys))
     carved = {keys[i] for i in order[:n]}
     return [k for k in keys if k not in carved], [k for k in keys if k in carved]
+
+
+def carved_splits(train: dict[str, Any], test: Sequence, fraction: float, seed: int
+                  ) -> dict[str, list]:
+    """{'train', 'validation', 'test'} items, validation carved from `train` (keyed by stem)
+    with `carve`, less the empty splits."""
+    rest, val = carve(list(train), fraction, seed)
+    splits = {"train": [train[k] for k in rest], "validation": [train[k] for k in val],
+              "test": list(test)}
+    return non_empty(splits)
 
 
 def non_empty(splits: dict[str, Sequence]) -> dict[str, Sequence]:

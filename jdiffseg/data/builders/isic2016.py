@@ -67,25 +67,18 @@ class Isic2016(common.Builder, skip_registration=True):
     name = "isic2016"
     MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
     BUILDER_CONFIGS = [make_config()]  # noqa: RUF012
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        return common.dataset_info(
-            self, "ISIC 2016 part 1 dermoscopic lesion segmentation, resized to a square.",
-            self.builder_config.image_size,
-            homepage="https://challenge.isic-archive.com/landing/2016/",
-            citation="Gutman et al., arXiv:1605.01397, 2016.")
+    DESCRIPTION = "ISIC 2016 part 1 dermoscopic lesion segmentation, resized to a square."
+    HOMEPAGE = "https://challenge.isic-archive.com/landing/2016/"
+    CITATION = "Gutman et al., arXiv:1605.01397, 2016."
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict:
         c = self.builder_config
-        root = common.manual_root(dl_manager, "isic2016")
+        root = common.manual_root(dl_manager, self.name)
         entries = files.index(root)
         train = find_pairs(entries, str(root), "train")
-        test = find_pairs(entries, str(root), "test")
-        rest, val = common.carve(list(train), c.val_fraction, c.seed)
-        splits = {"train": [train[k] for k in rest], "validation": [train[k] for k in val],
-                  "test": list(test.values())}
-        return {name: self._generate_examples(pairs)
-                for name, pairs in common.non_empty(splits).items()}
+        test = find_pairs(entries, str(root), "test").values()
+        splits = common.carved_splits(train, test, c.val_fraction, c.seed)
+        return {name: self._generate_examples(pairs) for name, pairs in splits.items()}
 
     def _generate_examples(self, pairs: list[tuple]) -> Iterator[tuple[str, dict]]:
         size = self.builder_config.image_size

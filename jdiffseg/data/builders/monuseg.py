@@ -98,25 +98,19 @@ class Monuseg(common.Builder, skip_registration=True):
     name = "monuseg"
     MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
     BUILDER_CONFIGS = [make_config()]  # noqa: RUF012
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        return common.dataset_info(
-            self, "MoNuSeg 2018 H&E nuclei (30 training, 14 test tiles of 1000 px), as patches.",
-            self.builder_config.image_size, instances=True,
-            homepage="https://monuseg.grand-challenge.org/",
-            citation="Kumar et al., IEEE TMI 36(7):1550-1560, 2017; "
-                     "Kumar et al., IEEE TMI 39(5):1380-1391, 2020.")
+    INSTANCES = True
+    DESCRIPTION = "MoNuSeg 2018 H&E nuclei (30 training, 14 test tiles of 1000 px), as patches."
+    HOMEPAGE = "https://monuseg.grand-challenge.org/"
+    CITATION = ("Kumar et al., IEEE TMI 36(7):1550-1560, 2017; "
+                "Kumar et al., IEEE TMI 39(5):1380-1391, 2020.")
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict:
         c = self.builder_config
-        root = common.manual_root(dl_manager, "monuseg")
+        root = common.manual_root(dl_manager, self.name)
         tiles = find_tiles(files.index(root), str(root))
         by_stem = {t[0].stem: t for t in tiles["train"]}
-        train, val = common.carve(list(by_stem), c.val_fraction, c.seed)
-        splits = {"train": [by_stem[k] for k in train], "validation": [by_stem[k] for k in val],
-                  "test": tiles["test"]}
-        return {name: self._generate_examples(items)
-                for name, items in common.non_empty(splits).items()}
+        splits = common.carved_splits(by_stem, tiles["test"], c.val_fraction, c.seed)
+        return {name: self._generate_examples(items) for name, items in splits.items()}
 
     def _generate_examples(self, tiles: list[tuple]) -> Iterator[tuple[str, dict]]:
         c = self.builder_config

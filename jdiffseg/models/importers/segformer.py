@@ -55,14 +55,8 @@ _PATCH = re.compile(r"^patch_embeddings_(\d+)_(proj|layer_norm)$")
 _STAGE_NORM = re.compile(r"^layer_norm_(\d+)$")
 _BLOCK = re.compile(r"^block_(\d+)_(\d+)$")
 _LINEAR_C = re.compile(r"^linear_c_(\d+)$")
-_ATTENTION = {
-    "query": "self.query",
-    "key": "self.key",
-    "value": "self.value",
-    "sr": "self.sr",
-    "layer_norm": "self.layer_norm",
-    "dense": "output.dense",
-}
+_ATTENTION = {name: f"self.{name}" for name in ("query", "key", "value", "sr", "layer_norm")}
+_ATTENTION["dense"] = "output.dense"
 _LEAF = TORCH_LEAF
 
 
