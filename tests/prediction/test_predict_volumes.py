@@ -18,6 +18,7 @@ from volume_fixtures import SHAPE, SPACING, affine, case_volumes, save, write_nn
 
 from jdiffseg.data import cases
 from jdiffseg.data.pipeline import dataset_metadata, to_global
+from jdiffseg.evaluation import evaluate
 from jdiffseg.models import build_model
 from jdiffseg.prediction import predict
 from jdiffseg.runtime import run_dir, sharding, variables
@@ -128,6 +129,31 @@ def test_nnunet_folder_restacked_on_the_inputs_grid_and_resumed(run, tmp_path):
     np.testing.assert_array_equal(np.asarray(_load(out / "toy_002_mask.nii.gz").dataobj),
                                   got["toy_002"][0])
     assert json.loads((out / "toy_002.json").read_text())["case"] == "toy_002"
+
+
+@pytest.mark.slow
+def test_reproduces_evaluate_per_case_volume_metrics(run, tmp_path):
+    """The test split's cases predicted from their files are the volumes `evaluate` scored:
+    Dice, precision and sensitivity against the label files match per_case.csv."""
+    workdir, images = run
+    evaluate.evaluate(workdir)
+    with (workdir / "eval" / "per_case.csv").open() as f:
+        rows = {r["case"]: r for r in csv.DictReader(f)}
+    assert rows and set(rows) <= set(CASES)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for case in rows:
+        for path in images.glob(f"{case}_*.nii.gz"):
+            (inputs / path.name).write_bytes(path.read_bytes())
+    predict.predict(workdir, inputs, tmp_path / "out")
+    for case, row in rows.items():
+        mask = np.asarray(_load(tmp_path / "out" / f"{case}_mask.nii.gz").dataobj) > 0
+        truth = np.asarray(_load(images.parent / "labelsTr" / f"{case}.nii.gz").dataobj) > 0
+        tp = int(np.sum(mask & truth))
+        assert mask.any() and truth.any(), case
+        assert 2 * tp / (mask.sum() + truth.sum()) == pytest.approx(float(row["dice"]), rel=1e-5)
+        assert tp / mask.sum() == pytest.approx(float(row["precision"]), rel=1e-5)
+        assert tp / truth.sum() == pytest.approx(float(row["sensitivity"]), rel=1e-5)
 
 
 @pytest.mark.slow
