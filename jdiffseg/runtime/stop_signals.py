@@ -42,8 +42,9 @@ class StopRequest:
 @contextlib.contextmanager
 def stop_requests(enabled: bool = True) -> Iterator[StopRequest]:
     """Records SIGTERM / SIGINT in the yielded StopRequest instead of dying; a second SIGINT
-    raises KeyboardInterrupt. Only the main thread can take signals; elsewhere, or when not
-    `enabled` (multi-host jobs, whose preemption JAX coordinates), the handlers stay as they are.
+    raises KeyboardInterrupt. A signal ignored when this starts (nohup, a background job) stays
+    ignored. Only the main thread can take signals; elsewhere, or when not `enabled` (multi-host
+    jobs, whose preemption JAX coordinates), the handlers stay as they are.
     """
     request = StopRequest()
     if not enabled or threading.current_thread() is not threading.main_thread():
@@ -56,9 +57,13 @@ def stop_requests(enabled: bool = True) -> Iterator[StopRequest]:
         if request.signum is None:
             request.signum = signum
 
-    previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
+    # A signal the parent set to be ignored (nohup, a background job) stays ignored.
+    previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    caught = [s for s, h in previous.items() if h is not signal.SIG_IGN]
+    for s in caught:
+        signal.signal(s, handler)
     try:
         yield request
     finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
+        for s in caught:
+            signal.signal(s, previous[s])

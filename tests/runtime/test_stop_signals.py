@@ -10,6 +10,8 @@ import pytest
 
 from jdiffseg.runtime import stop_signals
 
+pytestmark = pytest.mark.usefixtures("default_sigint")
+
 
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_first_signal_only_sets_the_request(signum, code):
@@ -46,3 +48,12 @@ def test_not_installed_off_the_main_thread_or_when_disabled():
     assert seen == [signal.default_int_handler, None]
     with stop_signals.stop_requests(enabled=False):
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_an_ignored_signal_stays_ignored():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as under nohup; the fixture restores it
+    with stop_signals.stop_requests() as stop:
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.signum is None
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN

@@ -117,6 +117,7 @@ def test_second_trainer_on_a_workdir_is_refused(trained, tmp_path):
     assert {p.name: p.read_bytes() for p in copy.iterdir() if p.is_file()} == before
 
 
+@pytest.mark.usefixtures("default_sigint")
 def test_ctrl_c_saves_a_checkpoint_and_exits_130(trained, tmp_path, monkeypatch, capsys):
     _, config, _ = trained
     workdir = tmp_path / "run"

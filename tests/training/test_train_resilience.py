@@ -1,5 +1,6 @@
 """Never lose work: SIGTERM saves and exits, SIGKILL at a random moment + restart ends with the
-same params as an uninterrupted run (saved data position + per-step fold_in keys)."""
+same train state as an uninterrupted run (saved data position + per-step fold_in keys), for a
+single run and for a population of three replicas."""
 
 from __future__ import annotations
 
@@ -24,18 +25,19 @@ STEPS = 8
 RUNNER = textwrap.dedent('''
     import sys
     sys.path.insert(0, "tests")
-    from train_support import tiny_config
+    from train_support import shrink_model, tiny_config
     from jdiffseg.training import train
 
-    config = tiny_config(sys.argv[2], steps=int(sys.argv[3]))
+    config = shrink_model(tiny_config(sys.argv[2], steps=int(sys.argv[3])))
+    config.train.population = int(sys.argv[4])
     config.train.checkpoint_every, config.train.eval_every, config.train.keep_checkpoints = 1, 0, 3
     train.train_and_evaluate(config, sys.argv[1])
 ''')
 
 
-def _start(workdir: Path, data_dir: Path) -> subprocess.Popen:
+def _start(workdir: Path, data_dir: Path, population: int) -> subprocess.Popen:
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    argv = [sys.executable, "-c", RUNNER, str(workdir), str(data_dir), str(STEPS)]
+    argv = [sys.executable, "-c", RUNNER, str(workdir), str(data_dir), str(STEPS), str(population)]
     return subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
@@ -57,21 +59,28 @@ def _wait_for_step(proc: subprocess.Popen, workdir: Path, above: int, timeout: f
     pytest.fail(f"no checkpoint after step {above} within {timeout}s")
 
 
-def _params(workdir: Path) -> dict:
-    variables, meta = checkpoint.load_variables(str(workdir), "latest", use_ema=False)
+def _state(workdir: Path) -> dict:
+    """The whole train state of the last step: parameters, EMA, optimiser, step (per replica)."""
+    ckpt = checkpoint.Checkpointer(str(workdir), best_metric=None, read_only=True)
+    state, meta = ckpt.restore("latest")
+    ckpt.close()
     assert meta["step"] == STEPS
-    return jax.tree.map(np.asarray, variables["params"])
+    return jax.tree.map(np.asarray, state)
 
 
 @pytest.mark.slow
-def test_sigterm_then_sigkill_then_resume_matches_uninterrupted(tmp_path):
+@pytest.mark.parametrize("population", [1, 3])
+def test_sigterm_then_sigkill_then_resume_matches_uninterrupted(tmp_path, population):
     data_dir = tmp_path / "data"
-    ref = _start(tmp_path / "ref", data_dir)
+    ref = _start(tmp_path / "ref", data_dir, population)
     assert ref.wait(timeout=600) == 0, ref.stderr.read()[-2000:]
-    reference = _params(tmp_path / "ref")
+    reference = _state(tmp_path / "ref")
+    if population > 1:  # the replicas differ, so each one is checked
+        leaf = jax.tree.leaves(reference["params"])[0]
+        assert leaf.shape[0] == population and not np.allclose(leaf[0], leaf[1])
 
     run = tmp_path / "run"
-    proc = _start(run, data_dir)
+    proc = _start(run, data_dir, population)
     _wait_for_step(proc, run, 0)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=300) == 128 + signal.SIGTERM
@@ -79,13 +88,13 @@ def test_sigterm_then_sigkill_then_resume_matches_uninterrupted(tmp_path):
     after_term = max(_steps(run))
     assert 0 < after_term < STEPS
 
-    proc = _start(run, data_dir)
+    proc = _start(run, data_dir, population)
     _wait_for_step(proc, run, after_term)
     time.sleep(random.Random().uniform(0.0, 1.0))  # a random moment, maybe mid-save
     proc.kill()
     proc.wait()
 
-    proc = _start(run, data_dir)
+    proc = _start(run, data_dir, population)
     assert proc.wait(timeout=600) == 0, proc.stderr.read()[-2000:]
     assert "resuming" in proc.stderr.read()
-    jax.tree.map(np.testing.assert_array_equal, _params(run), reference)
+    jax.tree.map(np.testing.assert_array_equal, _state(run), reference)
