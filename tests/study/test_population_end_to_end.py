@@ -1,11 +1,11 @@
-"""A population of 3 seeds of the tiny default end to end: trains, resumes bit-exactly after an
-interruption, is evaluated and analysed per replica with mean ± sd over replicas, is reported
-as one row over its seeds, and exports a replica as an ordinary run."""
+"""A population of 3 seeds of the tiny default end to end: trains, is evaluated and analysed
+per replica with mean ± sd over replicas, is reported as one row over its seeds, and exports a
+replica as an ordinary run. (Its bit-exact resume after SIGTERM and SIGKILL is
+tests/training/test_train_resilience.py.)"""
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import jax
@@ -47,8 +47,8 @@ def trained(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_trains_logs_per_replica_and_resumes_bit_exactly(trained, tmp_path):
-    workdir, config = trained
+def test_trains_and_logs_per_replica(trained):
+    workdir, _ = trained
     records = runlog.read_metrics(str(workdir))
     losses = [r["loss"] for r in records if "loss" in r]
     assert len(losses) == 2 and all(len(x) == K for x in losses)
@@ -62,14 +62,6 @@ def test_trains_logs_per_replica_and_resumes_bit_exactly(trained, tmp_path):
     # the replicas started from different seeds
     leaf = jax.tree.leaves(full["params"])[0]
     assert not np.allclose(leaf[0], leaf[1])
-    copy = tmp_path / "run"
-    shutil.copytree(workdir, copy)
-    shutil.rmtree(copy / "checkpoints" / "2")  # as if the job had been killed after step 1
-    (copy / "finished.json").unlink()
-    train.train_and_evaluate(config, str(copy))
-    resumed = _state(copy, 2)
-    for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed), strict=True):
-        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.slow
