@@ -53,6 +53,10 @@ _HEADERS = {
     "ece_foreground": "ECE foreground ↓",
 }
 _PER_CLASS = ("dice", "iou")
+# Population keys a row does not name: the seed (rows average over seeds) and the timestep
+# sampling values, which `training_procedure` already describes ("t in [a, b]", "weighted t"),
+# so that an adapted population, each seed with its own fingerprint's weights, is one row.
+_KEYS_NOT_IN_LABEL = ("seed", "diffusion.t_min", "diffusion.t_max", "diffusion.timestep_weights")
 
 
 def _class_columns(names: Sequence[str]) -> list[tuple[str, tuple[str, str], bool]]:
@@ -110,8 +114,9 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def load_evaluated_runs(workdir: Path) -> list[dict[str, Any]]:
     """The evaluated runs of a workdir: itself, or each evaluated replica of a population
-    (as the run with its seed and values; replicas differing in more than the seed get their
-    values in the procedure label). Empty when nothing has been evaluated."""
+    (as the run with its seed and values; replicas differing in more than the seed and the
+    timestep sampling get their values in the procedure label). Empty when nothing has been
+    evaluated."""
     try:
         config = run_dir.read_config(workdir)
     except (FileNotFoundError, ValueError) as e:
@@ -124,7 +129,7 @@ def load_evaluated_runs(workdir: Path) -> list[dict[str, Any]]:
         path = workdir / METRICS_FILE.parent / run_dir.replica_name(k) / METRICS_FILE.name
         if path.is_file():
             extra = ", ".join(f"{key.split('.')[-1]}={v}" for key, v in values.items()
-                              if key != "seed")
+                              if key not in _KEYS_NOT_IN_LABEL)
             runs.append(_run_entry(population.replica_config(config, k).to_dict(),
                                    _read_json(path), workdir, extra))
     return runs

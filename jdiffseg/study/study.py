@@ -19,10 +19,11 @@ import ml_collections
 
 from jdiffseg.analysis import analyze, fingerprint, plots
 from jdiffseg.analysis import results as analysis_results
-from jdiffseg.config import parsing, recipes, schema
+from jdiffseg.config import parsing, population, recipes, schema
 from jdiffseg.data import procedural
 from jdiffseg.evaluation import evaluate, report
 from jdiffseg.runtime import run_dir
+from jdiffseg.study import gains
 from jdiffseg.training import train
 
 EXPERIMENTS = ("E1", "E2", "E3", "E4", "baseline", "adapted")
@@ -49,6 +50,10 @@ class Plan:
     overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     eval_overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     analysis_overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    # > 1: every run with a row in the table (E1, E2, adapted, baselines) is a population of
+    # this many seeds (config.seed, config.seed + 1, ...); E3 and E4, the analysis's
+    # references, are trained once
+    seeds: int = 1
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.experiments) - set(EXPERIMENTS))
@@ -61,6 +66,13 @@ class Plan:
             )
         if "adapted" in self.experiments and not {"E2", "E3"} <= set(self.experiments):
             raise ValueError("the adapted runs need E2 and E3 (their fingerprint) in the plan")
+        if self.seeds < 1:
+            raise ValueError(f"seeds={self.seeds} must be >= 1")
+        if self.seeds > 1 and "adapted" in self.experiments and self.adapt_method == "schedule":
+            raise ValueError(
+                "adapt_method='schedule' gives each seed its own noise schedule, which a "
+                "population cannot vary; use 'weights' or 'range', or seeds=1"
+            )
 
 
 def dataset_arg(dataset: str) -> str:
@@ -82,6 +94,8 @@ def run_config(plan: Plan, arch: str, dataset: str, mode: str) -> ml_collections
         config.data.num_classes = len(procedural.CLASS_NAMES[dataset]) - 1
     config.lock()
     parsing.update(config, plan.overrides)
+    if plan.seeds > 1 and mode in ("feedforward", "diffusion"):
+        config.train.population = plan.seeds
     return config
 
 
@@ -112,34 +126,54 @@ def _analyze(
     plan: Plan, e2: Path, e3: Path | None, e4: Path | None, log: Callable[[str], None]
 ) -> dict[str, Any]:
 
-    if _done(e2 / analysis_results.ANALYSIS_DIR / "timesteps.json"):
-        return analysis_results.load_results(str(e2))
-    log(f"  {e2.name}: timestep analysis")
     config = run_dir.read_config(e2)
     parsing.update(config, plan.analysis_overrides)
-    result = analyze.analyze(
-        str(e2),
-        config=config,
-        mask_only_workdir=str(e3) if e3 else None,
-        image_generation_workdir=str(e4) if e4 else None,
-        log=log,
-    )
-    source = analysis_results.adaptation_source(result, config.analysis)
-    fingerprint.write_adapted(source, config, str(e2 / analysis_results.ANALYSIS_DIR))
-    return result
+    if not _done(_analysis_dirs(e2, config)[-1] / "adapted_config.json"):
+        log(f"  {e2.name}: timestep analysis")
+        analyze.analyze(
+            str(e2),
+            config=config,
+            mask_only_workdir=str(e3) if e3 else None,
+            image_generation_workdir=str(e4) if e4 else None,
+            log=log,
+        )
+        for k, out_dir in enumerate(_analysis_dirs(e2, config)):
+            result = analysis_results.load_results(str(out_dir))
+            source = analysis_results.adaptation_source(result, config.analysis)
+            fingerprint.write_adapted(source, population.replica_config(config, k), str(out_dir))
+    # the figure shows the base seed's fingerprint
+    return analysis_results.load_results(str(_analysis_dirs(e2, config)[0]))
+
+
+def _analysis_dirs(e2: Path, config: ml_collections.ConfigDict) -> list[Path]:
+    """Where the analysis of E2 (each replica of a population, in order) is written."""
+    base = e2 / analysis_results.ANALYSIS_DIR
+    size = population.size(config)
+    return [base] if size == 1 else [base / run_dir.replica_name(k) for k in range(size)]
 
 
 def _adapted_overrides(plan: Plan, e2: Path) -> dict[str, Any]:
-
-    table_path = e2 / analysis_results.ANALYSIS_DIR / "adapted_config.json"
-    table = json.loads(table_path.read_text())
-    overrides = table["methods"].get(plan.adapt_method, {})
-    if "error" in overrides or not overrides:
-        raise ValueError(
-            f"{table_path}: no adapted overrides for method {plan.adapt_method!r}: "
-            f"{overrides.get('error', 'missing')}"
-        )
-    return overrides
+    """The adapted run's overrides from E2's analysis; for a population, replica k adapts to
+    replica k's own fingerprint (same seed), the per-seed values going to
+    `train.population_overrides`."""
+    config = run_dir.read_config(e2)
+    per_replica = []
+    for out_dir in _analysis_dirs(e2, config):
+        table_path = out_dir / "adapted_config.json"
+        overrides = json.loads(table_path.read_text())["methods"].get(plan.adapt_method, {})
+        if "error" in overrides or not overrides:
+            raise ValueError(
+                f"{table_path}: no adapted overrides for method {plan.adapt_method!r}: "
+                f"{overrides.get('error', 'missing')}"
+            )
+        per_replica.append(overrides)
+    if len(per_replica) == 1:
+        return per_replica[0]
+    varied = {k: [o[k] for o in per_replica] for k, v in per_replica[0].items()
+              if any(o[k] != v for o in per_replica)}
+    varied["seed"] = [c.seed for c in population.replica_configs(config)]
+    # the base config holds seed 0's values, so that it is valid on its own
+    return {**per_replica[0], "train.population_overrides": population.format_overrides(varied)}
 
 
 def run_study(plan: Plan, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -149,6 +183,7 @@ def run_study(plan: Plan, log: Callable[[str], None] = print) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     wanted = set(plan.experiments)
     fingerprints: dict[str, dict[str, Any]] = {}
+    adaptations: list[dict[str, Any]] = []
     for dataset in plan.datasets:
         for arch in plan.archs:
             log(f"{arch} on {dataset}")
@@ -170,6 +205,7 @@ def run_study(plan: Plan, log: Callable[[str], None] = print) -> dict[str, Any]:
                 adapted = out / dataset / f"{arch}_E2_adapted_{plan.adapt_method}"
                 _train(config, adapted, log)
                 _evaluate(plan, adapted, log)
+                adaptations.append(gains.adaptation_gains(dirs["E2"], adapted))
         for arch in plan.baselines if "baseline" in wanted else ():
             log(f"{arch} baseline on {dataset}")
             baseline = out / dataset / f"{arch}_E1_feedforward"
@@ -179,6 +215,8 @@ def run_study(plan: Plan, log: Callable[[str], None] = print) -> dict[str, Any]:
     outputs: dict[str, Any] = {"out_dir": str(out)}
     if {"E1", "E2", "baseline", "adapted"} & wanted:
         outputs["report"] = report.report([out], output=out / "results")
+    if adaptations:
+        outputs["adaptation_gains"] = gains.write_gains(adaptations, out / "adaptation_gains")
     if fingerprints:
         results, labels = analysis_results.expand_classes(
             list(fingerprints.values()), list(fingerprints)
