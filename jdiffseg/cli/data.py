@@ -46,6 +46,11 @@ def _flags() -> flags.FlagValues:
                        "without target that are kept (default 1)", flag_values=fv)
     flags.DEFINE_bool("crop_nonzero", None, "nnunet, brats: crop cases to their non-zero "
                       "region (default true)", flag_values=fv)
+    flags.DEFINE_integer("raters", None, "annotators per image (synthetic: simulated; folder, "
+                         "her2, nnunet: <name>_rater<k> label files); default 0: one mask",
+                         flag_values=fv)
+    flags.DEFINE_float("rater_strength", None, "synthetic: annotator variability in [0, 1] "
+                       "(default 0.5)", flag_values=fv)
     flags.DEFINE_bool("overwrite", False, "build: regenerate even if complete", flag_values=fv)
     flags.DEFINE_string("out", None, "show: PNG file to write", flag_values=fv)
     flags.DEFINE_enum("split", "train", ["train", "validation", "test"], "show: the split",
@@ -72,7 +77,8 @@ def config_from_flags(name: str, fv: flags.FlagValues) -> ml_collections.ConfigD
     elif name in ("folder", *VOLUMETRIC):
         data.variant = "custom"
     for field in ("data_dir", "manual_dir", "split_file", "seed", "num_train_examples",
-                  "slice_axis", "target", "empty_slices", "crop_nonzero"):
+                  "slice_axis", "target", "empty_slices", "crop_nonzero", "raters",
+                  "rater_strength"):
         value = fv[field].value
         if value is not None:
             data[field] = value

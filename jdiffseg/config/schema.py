@@ -1,13 +1,21 @@
 """The schema: every key a run understands, with CPU-friendly defaults.
 
 A run's `config.json` is this tree resolved; `--config.a.b=v` may set only keys listed here
-(configs are locked), so a typo fails and names itself.
+(configs are locked), so a typo fails and names itself. Keys whose values are a choice are
+checked where they are used; the rater keys' checks live here (`rater_count`, `rater_choice`).
 """
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 import ml_collections
 from ml_collections import config_dict
+
+# The named choices of the keys that pick among a multi-rater example's masks; a rater index
+# (k or 'rater<k>') is accepted too.
+RATER_CHOICES = {"data.train_rater": ("random", "majority"), "eval.reference": ("majority", "all")}
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -40,6 +48,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.target = "foreground"  # the mask: foreground | classes | a class | a region name
     c.data.empty_slices = 1.0  # fraction of target-free training slices kept (1 all, 0 none)
     c.data.crop_nonzero = True  # crop each case in-plane to its non-zero region
+    # Several annotators per image (synthetic: simulated; folder, her2, nnunet: <name>_rater<k>
+    # label files); `mask` then holds their majority, `raters` every rater's mask.
+    c.data.raters = 0  # annotators per image; 0 or 1: one mask (the exact one for synthetic)
+    c.data.rater_strength = 0.5  # synthetic: annotator variability in [0, 1]; 0 = exact copies
+    c.data.train_rater = "random"  # the training mask: random (a rater per step) | majority | k
     c.data.augment = ml_collections.ConfigDict()
     c.data.augment.flip = True
     c.data.augment.rot90 = True
@@ -143,6 +156,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.threshold = 0.5
     c.eval.num_bins = 10
     c.eval.num_examples = -1  # -1: the whole split
+    # Multi-rater data: the val/test `mask`: majority | rater<k> (or k) | all (majority, and the
+    # batch also carries `raters` (b, R, H, W, 1))
+    c.eval.reference = "majority"
     c.eval.ff_ensemble = "none"  # feed-forward test-time ensemble: none | flip | dropout
     c.eval.ff_ensemble_size = 8  # its members (flip: at most 8, the square's symmetries)
     c.eval.extra_protocols = ""  # comma-separated reference protocols, e.g. "threshold_sweep"
@@ -167,3 +183,34 @@ def base_config() -> ml_collections.ConfigDict:
     c.analysis.adapt_floor = 0.1  # weights/schedule: min weight relative to the peak of Δ
     c.analysis.adapt_class = ""  # multi-class runs: adapt to this class; '' = the class average
     return c
+
+
+def rater_count(data: ml_collections.ConfigDict) -> int:
+    """The annotators per image `data.raters` asks for: 0 for one mask (0 or 1), else R >= 2;
+    checks `data.rater_strength` too."""
+    raters = data.raters
+    if isinstance(raters, bool) or not isinstance(raters, int) or raters < 0:
+        raise ValueError(f"config.data.raters={raters!r} must be an integer >= 0")
+    strength = data.rater_strength
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) \
+            or not 0.0 <= strength <= 1.0:
+        raise ValueError(f"config.data.rater_strength={strength!r} must lie in [0, 1]")
+    return raters if raters >= 2 else 0
+
+
+def rater_choice(config: ml_collections.ConfigDict, key: str) -> str | int:
+    """The value of `key` ('data.train_rater' or 'eval.reference'; the default where `config`
+    lacks the section): one of its named choices, or a rater index from k or 'rater<k>'."""
+    section, name = key.split(".")
+    given = section in config and name in config[section]
+    value: Any = (config if given else base_config())[section][name]
+    if isinstance(value, str) and value in RATER_CHOICES[key]:
+        return value
+    found = re.fullmatch(r"(?:rater)?(\d+)", value) if isinstance(value, str) else None
+    if found:
+        return int(found.group(1))
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise ValueError(
+        f"config.{key}={value!r} is not one of {RATER_CHOICES[key]}, a rater index k or "
+        f"'rater<k>'")

@@ -15,6 +15,13 @@ the channels as stored, already normalised), 'mask': float32 (b,H,W,1) in {0,1},
 'valid': float32 (b,), 'index': int32 (b,) record index in the split}, b the per-process batch.
 With `config.data.num_classes` = C >= 2 the stored label maps become one-hot masks
 (b,H,W,C+1), background first; C must match the class names the dataset declares.
+
+Multi-rater datasets (examples with `raters`, see `jdiffseg.data.raters`): training replaces
+each example's `mask` by the rater `config.data.train_rater` names: 'random' draws one
+uniformly with the record's seeded RNG (so a new draw every epoch, the same on a resumed run),
+'majority' keeps the stored majority, k always rater k. Evaluation's `mask` is
+`config.eval.reference`: 'majority', 'rater<k>' (or k), or 'all': the majority, and the batch
+also carries 'raters' float32 (b,R,H,W,1) (one-hot (b,R,H,W,C+1) for label maps).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import numpy as np
 from absl import flags
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jdiffseg.config import schema
 from jdiffseg.data.augment import AugmentConfig, augment
 from jdiffseg.data.builders.common import class_names
 from jdiffseg.data.config import resolve
@@ -38,11 +46,14 @@ from jdiffseg.data.registry import build_dataset, make_builder
 class IndexedSource:
     """Random access over `indices` of a TFDS data source; -1 yields an all-zero padding row.
 
-    Rows keep only what the pipeline needs (image, mask) plus the record index."""
+    Rows keep only what the pipeline needs (`keys`: image, mask, and raters where they are
+    used) plus the record index."""
 
-    def __init__(self, source: Any, indices: np.ndarray):
+    def __init__(self, source: Any, indices: np.ndarray,
+                 keys: tuple[str, ...] = ("image", "mask")):
         self._source = source
         self._indices = np.asarray(indices, np.int64)
+        self._keys = keys
         self._blank: dict[str, np.ndarray] | None = None
 
     def __len__(self) -> int:
@@ -53,13 +64,26 @@ class IndexedSource:
         if j < 0:
             if self._blank is None:
                 first = self._source[0]
-                self._blank = {k: np.zeros_like(first[k]) for k in ("image", "mask")}
+                self._blank = {k: np.zeros_like(first[k]) for k in self._keys}
             return {**self._blank, "index": np.int32(-1)}
         rec = self._source[j]
-        return {"image": rec["image"], "mask": rec["mask"], "index": np.int32(j)}
+        return {**{k: rec[k] for k in self._keys}, "index": np.int32(j)}
 
     def __repr__(self) -> str:
         return f"IndexedSource({self._source!r}, {len(self)} rows)"
+
+
+class SelectRater(grain.transforms.RandomMap):
+    """Multi-rater rows: `mask` <- rater `choice`'s mask, or with 'random' a rater drawn
+    uniformly with the record's RNG; `raters` is dropped."""
+
+    def __init__(self, choice: str | int):
+        self.choice = choice
+
+    def random_map(self, row: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+        raters = row["raters"]
+        k = int(rng.integers(len(raters))) if self.choice == "random" else int(self.choice)
+        return {**{key: v for key, v in row.items() if key != "raters"}, "mask": raters[k]}
 
 
 class Augment(grain.transforms.RandomMap):
@@ -90,21 +114,28 @@ class Normalise(grain.transforms.Map):
         self.num_classes = num_classes
         self.volumetric = volumetric
 
-    def map(self, row: dict[str, Any]) -> dict[str, Any]:
-        mask = np.asarray(row["mask"])
+    def target(self, mask: np.ndarray, index: int) -> np.ndarray:
+        """A stored mask (..., 1) -> float32 {0, 1}, one-hot over C + 1 channels for C >= 2."""
+        mask = np.asarray(mask)
         if self.num_classes > 1:
             if mask.max(initial=0) > self.num_classes:
                 raise ValueError(
-                    f"record {int(row['index'])}: label {int(mask.max())} exceeds "
+                    f"record {int(index)}: label {int(mask.max())} exceeds "
                     f"config.data.num_classes={self.num_classes}")
             mask = np.eye(self.num_classes + 1, dtype=np.float32)[mask[..., 0]]
+        return np.asarray(mask, np.float32)
+
+    def map(self, row: dict[str, Any]) -> dict[str, Any]:
         image = np.asarray(row["image"], np.float32)
-        return {
+        out = {
             "image": image if self.volumetric else normalise_image(image),
-            "mask": np.asarray(mask, np.float32),
+            "mask": self.target(row["mask"], row["index"]),
             "valid": np.float32(row["index"] >= 0),
             "index": row["index"],
         }
+        if "raters" in row:
+            out["raters"] = self.target(row["raters"], row["index"])
+        return out
 
 
 def default_shard() -> tuple[int, int]:
@@ -170,6 +201,27 @@ def dataset_metadata(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return dict(builder.info.metadata or {})
 
 
+def rater_ops(config: ml_collections.ConfigDict, first: dict[str, Any], train: bool
+              ) -> tuple[tuple[str, ...], list[grain.transforms.RandomMap]]:
+    """The row keys and the rater selection that `config.data.train_rater` (training) or
+    `config.eval.reference` ask of a dataset whose first record is `first`."""
+    key = "data.train_rater" if train else "eval.reference"
+    choice = schema.rater_choice(config, key)
+    if "raters" not in first:
+        if choice == "all" or isinstance(choice, int):
+            raise ValueError(f"config.{key}={choice!r}: dataset {config.data.name!r} has one "
+                             f"mask per image (no raters; see config.data.raters)")
+        return ("image", "mask"), []
+    count = len(first["raters"])
+    if isinstance(choice, int) and choice >= count:
+        raise ValueError(f"config.{key}={choice!r}: dataset {config.data.name!r} has {count} "
+                         f"raters (0..{count - 1})")
+    if choice == "majority":
+        return ("image", "mask"), []
+    keys = ("image", "mask", "raters")
+    return keys, [] if choice == "all" else [SelectRater(choice)]
+
+
 def make_loader(config: ml_collections.ConfigDict, split: str, *, train: bool, seed: int,
                 shard: tuple[int, int] | None = None) -> grain.DataLoader:
     """A grain DataLoader over `split` for this process (see the module docstring)."""
@@ -178,6 +230,7 @@ def make_loader(config: ml_collections.ConfigDict, split: str, *, train: bool, s
     source = data_source(config, split)
     if len(source) == 0:
         raise ValueError(f"{data.name}: split {split!r} is empty")
+    keys, ops = rater_ops(config, source[0], train)
     if train:
         batch = per_process_batch(int(data.batch_size), shard[1])
         if len(source) < batch * shard[1]:
@@ -186,15 +239,14 @@ def make_loader(config: ml_collections.ConfigDict, split: str, *, train: bool, s
         sampler = grain.samplers.IndexSampler(
             num_records=len(source), shuffle=True, num_epochs=None, seed=seed,
             shard_options=grain.sharding.ShardOptions(shard[0], shard[1], drop_remainder=True))
-        rows = IndexedSource(source, np.arange(len(source)))
+        rows = IndexedSource(source, np.arange(len(source)), keys)
         label_map = int(data.num_classes) > 1
-        ops = [Augment(AugmentConfig.from_config(data.augment, label_map=label_map))]
+        ops += [Augment(AugmentConfig.from_config(data.augment, label_map=label_map))]
     else:
         batch = per_process_batch(int(data.eval_batch_size), shard[1])
-        rows = IndexedSource(source, eval_indices(len(source), shard, batch))
+        rows = IndexedSource(source, eval_indices(len(source), shard, batch), keys)
         sampler = grain.samplers.IndexSampler(num_records=len(rows), shuffle=False, num_epochs=1,
                                               seed=seed)
-        ops = []
     volumetric = source[0]["image"].dtype != np.uint8  # stored float: already normalised
     ops += [Normalise(int(data.num_classes), volumetric),
             grain.transforms.Batch(batch, drop_remainder=train)]

@@ -14,13 +14,18 @@ The image informs the mask only through colour and texture contrast that varies 
 is degraded by soft boundaries, noise and blur, so a segmenter must learn it (a per-pixel colour
 threshold is not enough). Everything is vectorised NumPy; one 64 px example takes about a
 millisecond. Examples are a pure function of (variant, size, seed, split, index).
+
+`annotators` derives several plausible masks of one binary mask, as different annotators would
+draw it (see there).
 """
 
 from __future__ import annotations
 
 import zlib
+from typing import NamedTuple
 
 import numpy as np
+from scipy import ndimage
 
 VARIANTS = ("lesion", "nuclei", "tissue")  # binary: masks in {0, 1}
 MULTICLASS_VARIANTS = ("organs",)  # label maps over {0 … C}
@@ -32,6 +37,12 @@ CLASS_NAMES = {
     "tissue": ("background", "tumour"),
     "organs": ("background", "organ", "core", "spots"),
 }
+# Simulated annotators at strength 1, in px at 64 px (scaled with the image size): the spread
+# of the raters' boundary bias, the amplitude and smoothness of the boundary jitter, the
+# largest gap a merging rater closes, the area below which a component may be missed and the
+# chance of missing one.
+RATER_BIAS_PX, RATER_JITTER_PX, RATER_JITTER_SIGMA_PX = 1.5, 1.0, 3.0
+RATER_MERGE_PX, RATER_SMALL_AREA_PX, RATER_MISS = 2.0, 40.0, 0.5
 # Foreground-fraction ranges each variant guarantees (tests check them).
 FG_RANGE = {"lesion": (0.10, 0.40), "nuclei": (0.10, 0.25), "tissue": (0.20, 0.70)}
 
@@ -267,6 +278,77 @@ def organs(size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]
     img = _compose(img, tint, rng.uniform(0.35, 0.55) * core_alpha)
     img = _compose(img, _colour(rng, (25, 25, 40), (55, 50, 70)), 0.9 * spots)
     return _finish(rng, img, s), labels
+
+
+class RaterStyle(NamedTuple):
+    """An annotator's habits, the same on every image: bias (in units of RATER_BIAS_PX; > 0
+    dilates, < 0 erodes), merge and miss (in [0, 1]: the tendency to bridge nearby objects
+    and to skip small ones)."""
+
+    bias: float
+    merge: float
+    miss: float
+
+
+def rater_style(seed: int, rater: int) -> RaterStyle:
+    """Rater `rater`'s style, fixed by the data seed."""
+    rng = np.random.default_rng([seed, zlib.crc32(b"rater-style"), rater])
+    return RaterStyle(float(rng.normal()), float(rng.uniform()), float(rng.uniform()))
+
+
+def _signed_distance(mask: np.ndarray) -> np.ndarray:
+    """Distance to the boundary, positive inside; boundary pixels at +-0.5."""
+    inside = ndimage.distance_transform_edt(mask) - 0.5
+    outside = ndimage.distance_transform_edt(~mask) - 0.5
+    return np.where(mask, inside, -outside).astype(np.float32)
+
+
+def _close(mask: np.ndarray, radius: float) -> np.ndarray:
+    """Morphological closing by a disc of `radius` px: bridges gaps narrower than 2 radius."""
+    p = int(np.ceil(radius)) + 1
+    grown = ndimage.distance_transform_edt(~np.pad(mask, p, mode="edge")) <= radius
+    if grown.all():
+        return np.ones_like(mask)
+    return (ndimage.distance_transform_edt(grown) > radius)[p:-p, p:-p]
+
+
+def annotators(mask: np.ndarray, count: int, strength: float, seed: int, variant: str,
+               split: str, index: int) -> np.ndarray:
+    """`count` annotators' masks (count, S, S) uint8 of a binary mask (S, S), a pure function
+    of (seed, variant, split, index).
+
+    Rater r redraws the boundary as the level set of the mask's signed distance shifted by
+    their own bias (`rater_style`: dilating or eroding on every image) plus a per-image offset
+    and a smooth random displacement field, then bridges gaps up to RATER_MERGE_PX scaled by
+    their merge tendency and drops each component smaller than RATER_SMALL_AREA_PX with a chance
+    RATER_MISS scaled by their miss tendency. `strength` in [0, 1] scales all of it: 0 gives
+    `count` copies of the mask; at 1 the mean pairwise Dice of four raters at 64 px is about
+    0.85 for lesion, 0.8 for tissue and 0.6 for nuclei (small objects suffer most); at 0.5
+(the default) 0.92, 0.89 and 0.75."""
+    mask = mask.astype(bool)
+    if mask.all() or not mask.any():
+        return np.repeat(mask[None].astype(np.uint8), count, axis=0)
+    size = mask.shape[0]
+    scale = strength * size / 64.0
+    distance = _signed_distance(mask)
+    tag = zlib.crc32(f"raters/{variant}/{split}".encode())
+    out = np.empty((count, *mask.shape), np.uint8)
+    for r in range(count):
+        style = rater_style(seed, r)
+        rng = np.random.default_rng([seed, tag, index, r])
+        shift = RATER_BIAS_PX * (style.bias + 0.5 * rng.normal())
+        jitter = RATER_JITTER_PX * _noise(rng, mask.shape, RATER_JITTER_SIGMA_PX * size / 64.0)
+        drawn = distance + scale * (shift + jitter) > 0
+        radius = scale * style.merge * RATER_MERGE_PX
+        if radius >= 0.5 and drawn.any():
+            drawn = _close(drawn, radius)
+        parts, n = ndimage.label(drawn)
+        areas = np.bincount(parts.ravel(), minlength=n + 1)
+        missed = (areas < RATER_SMALL_AREA_PX * (size / 64.0) ** 2) & (
+            rng.random(n + 1) < strength * style.miss * RATER_MISS)
+        missed[0] = False
+        out[r] = drawn & ~missed[parts]
+    return out
 
 
 _GENERATORS = {"lesion": lesion, "nuclei": nuclei, "tissue": tissue, "organs": organs}

@@ -12,11 +12,13 @@ from pathlib import Path
 import ml_collections
 import tensorflow_datasets as tfds
 
+from jdiffseg.config import schema
 from jdiffseg.data.builders import brats, folder, isic2016, monuseg, nnunet, synthetic, volumetric
 from jdiffseg.data.config import resolve
 
 NAMES = ("synthetic", "isic2016", "monuseg", "her2", "folder", "nnunet", "brats")
 VOLUMETRIC = ("nnunet", "brats")  # NIfTI volumes sliced to 2D (`builders.volumetric`)
+MULTI_RATER = ("synthetic", "her2", "folder", "nnunet")  # accept config.data.raters >= 2
 
 
 class _QuietCustomConfig(logging.Filter):
@@ -36,10 +38,15 @@ def builder_config(data: ml_collections.ConfigDict) -> tfds.core.BuilderConfig:
     """The builder config that `config.data` asks for (its name encodes its settings)."""
     data = resolve(data)
     size = int(data.image_size)
+    raters = schema.rater_count(data)
+    if raters and data.name not in MULTI_RATER:
+        raise ValueError(f"config.data.raters={raters}: dataset {data.name!r} has one mask per "
+                         f"image; several raters are read by {MULTI_RATER}")
     if data.name == "synthetic":
         counts = (int(data.num_train_examples), int(data.num_val_examples),
                   int(data.num_test_examples))
-        return synthetic.make_config(data.variant, size, counts, int(data.seed))
+        return synthetic.make_config(data.variant, size, counts, int(data.seed), raters,
+                                     float(data.rater_strength))
     if data.name == "isic2016":
         return isic2016.make_config(size, float(data.val_fraction), int(data.seed))
     if data.name == "monuseg":
@@ -48,12 +55,13 @@ def builder_config(data: ml_collections.ConfigDict) -> tfds.core.BuilderConfig:
     if data.name in ("her2", "folder"):
         label = data.name if data.name == "her2" else (data.variant or "custom")
         return folder.make_config(label, size, float(data.val_fraction),
-                                  float(data.test_fraction), data.split_file, int(data.seed))
+                                  float(data.test_fraction), data.split_file, int(data.seed),
+                                  raters)
     if data.name in VOLUMETRIC:
         return volumetric.make_config(
             data.variant or "custom", size, float(data.val_fraction), float(data.test_fraction),
             int(data.seed), int(data.slice_axis), data.target, float(data.empty_slices),
-            bool(data.crop_nonzero))
+            bool(data.crop_nonzero), raters)
     raise ValueError(f"unknown dataset config.data.name={data.name!r}; expected one of {NAMES}")
 
 

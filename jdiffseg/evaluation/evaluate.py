@@ -108,7 +108,8 @@ def count_batches(split_size: int, num_examples: int, process_count: int, per_pr
 def test_batches(
     config: ml_collections.ConfigDict, per_process: int
 ) -> tuple[Iterator[dict[str, np.ndarray]], int]:
-    """This process's test batches ({'image', 'mask', 'valid' (bool), 'index'}) and the number
+    """This process's test batches ({'image', 'mask', 'valid' (bool), 'index'}, and 'raters'
+    (b, R, H, W, 1) with config.eval.reference='all' on multi-rater data) and the number
     of images evaluated over all processes; rows past `config.eval.num_examples` are invalid."""
     e = config.eval
     try:
@@ -132,9 +133,12 @@ def test_batches(
         for batch, _ in zip(loader, range(num_batches), strict=False):
             index = np.asarray(batch["index"], np.int32)
             valid = (np.asarray(batch["valid"]) > 0) & (index >= 0) & (index < wanted)
-            yield {"image": np.asarray(batch["image"], np.float32),
+            out = {"image": np.asarray(batch["image"], np.float32),
                    "mask": np.asarray(batch["mask"], np.float32),
                    "valid": valid, "index": index}
+            if "raters" in batch:  # config.eval.reference='all' on multi-rater data
+                out["raters"] = np.asarray(batch["raters"], np.float32)
+            yield out
 
     return batches(), wanted
 

@@ -60,11 +60,14 @@ def _tensor(shape: tuple[int, ...], dtype: Any, doc: str) -> tfds.features.Tenso
                                 doc=doc)
 
 
-def features(size: int, instances: bool = False, label_map: bool = False
+def features(size: int, instances: bool = False, label_map: bool = False, raters: int = 0
              ) -> tfds.features.FeaturesDict:
     """image uint8 (S,S,3), mask uint8 (S,S,1) in {0,1} (or a label map over {0 … C}), id;
-    optionally an instance map."""
+    optionally an instance map, and with `raters` = R >= 2 every rater's mask (R,S,S,1), the
+    `mask` then being their majority (`jdiffseg.data.raters`)."""
     mask_doc = "label map, 0 = background" if label_map else "binary mask, 1 = foreground"
+    if raters:
+        mask_doc += "; the raters' majority"
     spec = {
         "image": _tensor((size, size, 3), np.uint8, "RGB image"),
         "mask": _tensor((size, size, 1), np.uint8, mask_doc),
@@ -72,19 +75,22 @@ def features(size: int, instances: bool = False, label_map: bool = False
     }
     if instances:
         spec["instances"] = _tensor((size, size), np.int32, "instance labels, 0 = background")
+    if raters:
+        spec["raters"] = _tensor((raters, size, size, 1), np.uint8, "every rater's mask")
     return tfds.features.FeaturesDict(spec)
 
 
 def dataset_info(builder: tfds.core.DatasetBuilder, description: str, size: int, *,
                  instances: bool = False, homepage: str | None = None,
                  citation: str | None = None,
-                 metadata: tfds.core.MetadataDict | None = None) -> tfds.core.DatasetInfo:
+                 metadata: tfds.core.MetadataDict | None = None,
+                 raters: int = 0) -> tfds.core.DatasetInfo:
     """DatasetInfo built directly (no package metadata files needed). `metadata` (saved as
     metadata.json beside the data) carries 'class_names' for label-map datasets."""
     label_map = metadata is not None and len(metadata.get("class_names", ())) > 2
     return tfds.core.DatasetInfo(
         builder=builder, description=description,
-        features=features(size, instances, label_map), supervised_keys=("image", "mask"),
+        features=features(size, instances, label_map, raters), supervised_keys=("image", "mask"),
         homepage=homepage, citation=citation, metadata=metadata)
 
 
@@ -148,18 +154,29 @@ def load_pair(image: Entry, mask: Entry, size: int, label_values: Sequence[int] 
               ) -> tuple[np.ndarray, np.ndarray]:
     """Decodes, checks and resizes one pair: uint8 (S,S,3) and uint8 (S,S,1) in {0,1}, or, with
     `label_values` (pixel value of each class), a label map resized by nearest neighbour."""
+    img, masks = load_masks(image, [mask], size, label_values)
+    return img, masks[0]
+
+
+def load_masks(image: Entry, masks: Sequence[Entry], size: int,
+               label_values: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """`load_pair` for several masks of one image (e.g. its raters'): uint8 (S,S,3) and
+    (R,S,S,1); a mask whose size differs from the image's stops, naming both files."""
     img = decode_image(image.read_bytes(), image.name)
-    if label_values is None:
-        m, note = decode_mask(mask.read_bytes(), mask.name)
-        report_note(note, mask.name)
-    else:
-        m = decode_label_map(mask.read_bytes(), mask.name, label_values)
-    if img.shape[:2] != m.shape:
-        raise DataError(
-            f"mask {mask.name} is {m.shape[1]}x{m.shape[0]} (WxH) but its image {image.name} is "
-            f"{img.shape[1]}x{img.shape[0]}")
-    resize = resize_mask if label_values is None else resize_labels
-    return resize_image(img, size), resize(m, size)[..., None]
+    out = []
+    for mask in masks:
+        if label_values is None:
+            m, note = decode_mask(mask.read_bytes(), mask.name)
+            report_note(note, mask.name)
+        else:
+            m = decode_label_map(mask.read_bytes(), mask.name, label_values)
+        if img.shape[:2] != m.shape:
+            raise DataError(
+                f"mask {mask.name} is {m.shape[1]}x{m.shape[0]} (WxH) but its image {image.name} "
+                f"is {img.shape[1]}x{img.shape[0]}")
+        resize = resize_mask if label_values is None else resize_labels
+        out.append(resize(m, size)[..., None])
+    return resize_image(img, size), np.stack(out)
 
 
 def example(key: str, image: np.ndarray, mask: np.ndarray, **extra: np.ndarray) -> dict:

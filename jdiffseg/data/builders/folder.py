@@ -1,5 +1,5 @@
 """A generic folder dataset (`images/`, `masks/` with matching stems), used for HER2 and for
-users' own data."""
+users' own data, optionally with several raters' masks per image."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path, PurePosixPath
 import tensorflow_datasets as tfds
 from absl import logging
 
-from jdiffseg.data import files
+from jdiffseg.data import files, raters
 from jdiffseg.data.builders import common
 from jdiffseg.data.images import IMAGE_SUFFIXES, DataError
 
@@ -31,7 +31,9 @@ Sub-folders are allowed; <name> is then the path below images/. Optionally add
 validation are carved at random (fixed seed) from all images. For multi-class label maps add
   manual_dir/{CLASSES_FILE}  {{"names": ["background", "liver", ...], "values": [0, 128, ...]}}
 (the pixel value of each class in the masks, background first); a mask value it does not
-declare stops the build.
+declare stops the build. With several annotators (config.data.raters = R >= 2) each image has
+  manual_dir/masks/<name>{raters.SUFFIX}<k>.<ext>   k = 0 … R-1, one mask per rater
+instead of masks/<name>.<ext>; every image needs all R, each of its image's size.
 """
 
 
@@ -40,16 +42,19 @@ class FolderConfig(common.SegConfig):
     label: str = "custom"  # names the stored dataset: one label per distinct folder of data
     test_fraction: float = 0.2
     split_file: str = ""  # default: manual_dir/splits.json when it exists
+    raters: int = 0  # masks per image, <name>_rater<k>; 0: one, <name>
 
 
 def make_config(label: str = "custom", image_size: int = DEFAULT_SIZE, val_fraction: float = 0.1,
-                test_fraction: float = 0.2, split_file: str = "", seed: int = 0) -> FolderConfig:
+                test_fraction: float = 0.2, split_file: str = "", seed: int = 0,
+                num_raters: int = 0) -> FolderConfig:
     name = common.config_name(label, [
         ("{}px", image_size, None), ("val{}", val_fraction, 0.1), ("test{}", test_fraction, 0.2),
-        ("seed{}", seed, 0)])
+        ("seed{}", seed, 0), ("raters{}", num_raters, 0)])
     return FolderConfig(name=name, version=common.VERSION, release_notes=common.RELEASE_NOTES,
                         label=label, image_size=image_size, val_fraction=val_fraction,
-                        test_fraction=test_fraction, split_file=split_file, seed=seed)
+                        test_fraction=test_fraction, split_file=split_file, seed=seed,
+                        raters=num_raters)
 
 
 def _under(entries: dict[str, files.Entry], top: str) -> dict[str, files.Entry]:
@@ -66,7 +71,9 @@ def _under(entries: dict[str, files.Entry], top: str) -> dict[str, files.Entry]:
     return found
 
 
-def find_pairs(root: Path) -> dict[str, tuple[files.Entry, files.Entry]]:
+def find_pairs(root: Path, num_raters: int = 0
+               ) -> dict[str, tuple[files.Entry, tuple[files.Entry, ...]]]:
+    """{name: (image, its masks)}: one mask, or with `num_raters` = R >= 2 the R raters'."""
     entries = files.index(root)
     images = _under(entries, "images")
     if not images:
@@ -75,13 +82,27 @@ def find_pairs(root: Path) -> dict[str, tuple[files.Entry, files.Entry]]:
     masks = _under(entries, "masks")
     if not masks:
         raise DataError(f"no masks found in {root / 'masks'}\n{INSTRUCTIONS}")
+    by_rater: dict[str, dict[int, files.Entry]] = {}
+    for key, entry in masks.items():
+        if (found := raters.split_stem(key)) is not None:
+            by_rater.setdefault(found[0], {})[found[1]] = entry
     pairs = {}
     for key, img in images.items():
+        if num_raters:
+            pairs[key] = (img, raters.gather(
+                img.name, by_rater.get(key, {}), num_raters,
+                lambda k, key=key: f"{root / 'masks' / raters.rater_stem(key, k)}.png (any of "
+                                   f"{', '.join(IMAGE_SUFFIXES)})",
+                lambda e: e.name))
+            continue
         mask = next((masks[key + s] for s in MASK_SUFFIXES if key + s in masks), None)
         if mask is None:
+            hint = (f"; masks/ holds {len(by_rater[key])} rater masks "
+                    f"{raters.rater_stem(key, 0)} … for it: set config.data.raters"
+                    if key in by_rater else "")
             raise DataError(f"no mask for {img.name}: expected {root / 'masks' / key}.png "
-                            f"(any of {', '.join(IMAGE_SUFFIXES)})")
-        pairs[key] = (img, mask)
+                            f"(any of {', '.join(IMAGE_SUFFIXES)}){hint}")
+        pairs[key] = (img, (mask,))
     return pairs
 
 
@@ -135,7 +156,8 @@ def read_classes(path: Path) -> tuple[list[str], list[int]]:
 
 class Folder(common.Builder, skip_registration=True):
     """Images and binary masks (or label maps with a classes.json) from a folder; sizes
-    normalised to a square image_size."""
+    normalised to a square image_size. With raters, `raters` holds every rater's mask and
+    `mask` their majority (`jdiffseg.data.raters`)."""
 
     name = "folder"
     MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
@@ -145,12 +167,13 @@ class Folder(common.Builder, skip_registration=True):
         # class names are known only once manual_dir is read; they are filled in then
         return common.dataset_info(self, "Segmentation from a folder of images and masks.",
                                    self.builder_config.image_size,
-                                   metadata=tfds.core.MetadataDict())
+                                   metadata=tfds.core.MetadataDict(),
+                                   raters=self.builder_config.raters)
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict:
         c = self.builder_config
         root = common.manual_root(dl_manager, self.name)
-        pairs = find_pairs(root)
+        pairs = find_pairs(root, c.raters)
         self._label_values = None
         if (root / CLASSES_FILE).is_file():
             names, self._label_values = read_classes(root / CLASSES_FILE)
@@ -173,9 +196,12 @@ class Folder(common.Builder, skip_registration=True):
 
     def _generate_examples(self, pairs: list[tuple], keys: list[str]) -> Iterator[tuple[str, dict]]:
         size = self.builder_config.image_size
-        for key, (img, mask) in zip(keys, pairs, strict=True):
-            image, m = common.load_pair(img, mask, size, self._label_values)
-            yield key, common.example(key, image, m)
+        for key, (img, masks) in zip(keys, pairs, strict=True):
+            image, m = common.load_masks(img, masks, size, self._label_values)
+            if self.builder_config.raters:
+                yield key, common.example(key, image, raters.majority(m), raters=m)
+            else:
+                yield key, common.example(key, image, m[0])
 
 
 class Her2(Folder, skip_registration=True):

@@ -3,15 +3,22 @@
 The folder's `dataset.json` says which layout it is: `channel_names` (nnU-Net v2: one file per
 channel, `CASE_0000.nii.gz`, ...) or `modality` (the Decathlon: one 4D file per case with the
 channels last).
+
+With several annotators (`config.data.raters` = R >= 2) a case's label map `CASE.nii.gz` is
+replaced by R files `CASE_rater0.nii.gz` … `CASE_rater<R-1>.nii.gz` beside it (in labelsTr/,
+labelsTs/, or where the Decathlon's dataset.json points); every case needs all R, on its
+image's grid (`jdiffseg.data.raters` says what the stored `mask` then is).
 """
 
 from __future__ import annotations
 
+import glob
 import json
 from pathlib import Path
 
 from absl import logging
 
+from jdiffseg.data import raters
 from jdiffseg.data.builders import volumetric
 from jdiffseg.data.builders.volumetric import Case, Layout
 from jdiffseg.data.images import DataError
@@ -25,12 +32,15 @@ Point manual_dir at one dataset folder (or at a folder holding exactly one), in 
                     DatasetXXX_Name/imagesTr/CASE_0000.nii.gz   (one file per channel)
                     DatasetXXX_Name/labelsTr/CASE.nii.gz
                     optionally imagesTs/ with labelsTs/ as the test split
+                    several raters: labelsTr/CASE_rater0.nii.gz, CASE_rater1.nii.gz, ...
   Decathlon (MSD):  TaskXX_Name/dataset.json  {"modality": {"0": "FLAIR", ...},
                                                "labels": {"0": "background", ...},
                                                "training": [{"image": ..., "label": ...}]}
                     TaskXX_Name/imagesTr/CASE.nii.gz   (4D, channels last, when several)
                     TaskXX_Name/labelsTr/CASE.nii.gz
 Cases are split into train/validation/test by case (fixed seed) unless a labelled test set exists.
+With config.data.raters = R >= 2 every label map CASE.nii.gz is replaced by R files
+CASE_rater0.nii.gz ... CASE_rater<R-1>.nii.gz beside where it would be.
 """
 
 
@@ -113,25 +123,55 @@ def _visible(folder: Path, ending: str) -> list[Path]:
     return sorted(p for p in folder.glob(f"*{ending}") if not p.name.startswith("."))
 
 
+def rater_labels(label: Path, ending: str, count: int, case: str) -> tuple[Path, ...]:
+    """The files `<label's stem>_rater<k><ending>` of raters 0 … count-1 beside `label`
+    (which itself need not exist); a missing or surplus rater stops, naming the file."""
+    stem = label.name[: -len(ending)]
+    found = {}
+    for p in label.parent.glob(f"{glob.escape(stem)}{raters.SUFFIX}*{ending}"):
+        parsed = raters.split_stem(p.name[: -len(ending)])
+        if parsed is not None and parsed[0] == stem:
+            found[parsed[1]] = p
+    return raters.gather(
+        f"case {case}", found, count,
+        lambda k: str(label.parent / f"{raters.rater_stem(stem, k)}{ending}"), str)
+
+
 def v2_cases(
-    folder: Path, images: str, labels: str, channels: int, ending: str
+    folder: Path, images: str, labels: str, channels: int, ending: str, num_raters: int = 0
 ) -> tuple[Case, ...]:
-    """nnU-Net v2 cases: one label per case, `CASE_XXXX` image files for its channels."""
-    label_files = _visible(folder / labels, ending)
-    cases = []
-    for label in label_files:
+    """nnU-Net v2 cases: one label per case (or `num_raters` rater label files,
+    `CASE_rater<k>`), `CASE_XXXX` image files for its channels."""
+    ids = []
+    for label in _visible(folder / labels, ending):
         case = label.name[: -len(ending)]
+        parsed = raters.split_stem(case)
+        if num_raters and parsed is not None:
+            case = parsed[0]
+        elif parsed is not None and not (folder / images / f"{case}_0000{ending}").is_file():
+            raise DataError(f"{label} looks like rater {parsed[1]} of case {parsed[0]}: set "
+                            f"config.data.raters to the number of raters per case")
+        if case not in ids:
+            ids.append(case)
+    cases = []
+    for case in ids:
         files = tuple(
             _require(folder / images / f"{case}_{c:04d}{ending}", f"channel {c} of case {case}")
             for c in range(channels)
         )
-        cases.append(Case(case, files, label))
+        label = folder / labels / f"{case}{ending}"
+        if not num_raters:
+            cases.append(Case(case, files, label))
+            continue
+        paths = rater_labels(label, ending, num_raters, case)
+        cases.append(Case(case, files, paths[0], paths))
     known = {p for c in cases for p in c.channels}
     orphans = [p for p in _visible(folder / images, ending) if p not in known]
     if orphans:
+        stem = orphans[0].name.rsplit("_", 1)[0]
+        stem = raters.rater_stem(stem, 0) if num_raters else stem
         raise DataError(
-            f"{orphans[0]} has no label map: expected "
-            f"{folder / labels / orphans[0].name.rsplit('_', 1)[0]}{ending} "
+            f"{orphans[0]} has no label map: expected {folder / labels / stem}{ending} "
             f"(or a channel index beyond the {channels} declared)"
         )
     return tuple(cases)
@@ -163,7 +203,7 @@ def image_groups(
     return {case: tuple(files[c] for c in range(channels)) for case, files in sorted(found.items())}
 
 
-def nnunet_v2(folder: Path, spec: dict) -> Layout:
+def nnunet_v2(folder: Path, spec: dict, num_raters: int = 0) -> Layout:
     path = folder / "dataset.json"
     ending = spec.get("file_ending", ".nii.gz")
     if ending not in NIFTI_SUFFIXES:
@@ -173,12 +213,12 @@ def nnunet_v2(folder: Path, spec: dict) -> Layout:
         )
     channels = _indexed(spec["channel_names"], path, "channel_names")
     labels, regions = _labels(list(spec["labels"].items()), path)
-    train = v2_cases(folder, "imagesTr", "labelsTr", len(channels), ending)
+    train = v2_cases(folder, "imagesTr", "labelsTr", len(channels), ending, num_raters)
     if not train:
         raise DataError(f"nnunet: no label maps *{ending} in {folder / 'labelsTr'}\n{INSTRUCTIONS}")
     test = ()
     if (folder / "labelsTs").is_dir():
-        test = v2_cases(folder, "imagesTs", "labelsTs", len(channels), ending)
+        test = v2_cases(folder, "imagesTs", "labelsTs", len(channels), ending, num_raters)
     elif (folder / "imagesTs").is_dir():
         logging.info(
             "nnunet: %s has no labelsTs/; its test images are not part of the dataset",
@@ -187,7 +227,7 @@ def nnunet_v2(folder: Path, spec: dict) -> Layout:
     return Layout("nnU-Net v2", channels, labels, regions, train, test)
 
 
-def decathlon(folder: Path, spec: dict) -> Layout:
+def decathlon(folder: Path, spec: dict, num_raters: int = 0) -> Layout:
     path = folder / "dataset.json"
     channels = _indexed(spec["modality"], path, "modality")
     try:
@@ -197,9 +237,11 @@ def decathlon(folder: Path, spec: dict) -> Layout:
             f'{path}: \'labels\' must map label values "0", "1", ... to names: {e}'
         ) from e
     labels, _ = _labels(pairs, path)
+    stems = [strip_suffix(p.name) for p in _visible(folder / "labelsTr", ".nii.gz")]
+    if num_raters:  # one entry per case, not per rater file
+        stems = list(dict.fromkeys((raters.split_stem(n) or (n,))[0] for n in stems))
     entries = spec.get("training") or [
-        {"image": f"imagesTr/{p.name}", "label": f"labelsTr/{p.name}"}
-        for p in _visible(folder / "labelsTr", ".nii.gz")
+        {"image": f"imagesTr/{n}.nii.gz", "label": f"labelsTr/{n}.nii.gz"} for n in stems
     ]
     if not entries:
         raise DataError(
@@ -209,8 +251,15 @@ def decathlon(folder: Path, spec: dict) -> Layout:
     train = []
     for entry in entries:
         image = _require(folder / entry["image"], f"image listed in {path}")
+        case = strip_suffix(image.name)
+        if num_raters:
+            label = folder / entry["label"]
+            paths = rater_labels(label, label.name[len(strip_suffix(label.name)):],
+                                 num_raters, case)
+            train.append(Case(case, (image,), paths[0], paths))
+            continue
         label = _require(folder / entry["label"], f"label map listed in {path}")
-        train.append(Case(strip_suffix(image.name), (image,), label))
+        train.append(Case(case, (image,), label))
     return Layout("Decathlon", channels, labels, {}, tuple(train))
 
 
@@ -224,4 +273,7 @@ class Nnunet(volumetric.VolumeBuilder, skip_registration=True):
     def find_layout(self, root: Path) -> Layout:
         folder = dataset_folder(root)
         spec = read_spec(folder / "dataset.json")
-        return nnunet_v2(folder, spec) if "channel_names" in spec else decathlon(folder, spec)
+        count = self.builder_config.raters
+        if "channel_names" in spec:
+            return nnunet_v2(folder, spec, count)
+        return decathlon(folder, spec, count)

@@ -10,6 +10,11 @@ the slice's own grid, so a case's true volume is exact whatever the resize; the 
 prediction back into the case's volume (case id, slice index, spacing, shape, affine, crop and
 pad; the slice axis, size and normalisation are in the dataset's metadata, see `metadata`).
 Examples are stored in generation order: a case's slices are contiguous and in slice order.
+
+A case with several raters' label maps (`config.data.raters` = R >= 2) is read through their
+consensus, the per-voxel label most raters give (ties to the larger value, `raters.majority`):
+`mask`, `labels_plane`, the CT statistics and the empty-slice draw use it, and `raters`
+(R, S, S, 1) holds each rater's target.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jdiffseg.data import geometry, intensity, volumes
+from jdiffseg.data import geometry, intensity, raters, volumes
 from jdiffseg.data.builders import common
 from jdiffseg.data.images import DataError
 
@@ -33,11 +38,13 @@ CLASSES = "classes"  # the target that keeps every declared label as its own cla
 
 @dataclasses.dataclass(frozen=True)
 class Case:
-    """One labelled case: its channel files (one 3D file each, or one 4D file) and label map."""
+    """One labelled case: its channel files (one 3D file each, or one 4D file) and label map;
+    with several raters their label maps, `label` being rater 0's."""
 
     id: str
     channels: tuple[Path, ...]
     label: Path
+    raters: tuple[Path, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +69,7 @@ class VolumeConfig(common.SegConfig):
     target: str = "foreground"  # foreground | classes | a class name | a region name
     empty_slices: float = 1.0  # fraction of training slices without target kept (1 all, 0 none)
     crop_nonzero: bool = True  # crop each case in-plane to its non-zero region first
+    raters: int = 0  # label maps per case (<case>_rater<k>); 0: one
 
 
 def make_config(
@@ -74,6 +82,7 @@ def make_config(
     target: str = "foreground",
     empty_slices: float = 1.0,
     crop_nonzero: bool = True,
+    num_raters: int = 0,
 ) -> VolumeConfig:
     if axis not in (0, 1, 2):
         raise ValueError(f"slice axis must be 0, 1 or 2, got {axis}")
@@ -90,6 +99,7 @@ def make_config(
             ("val{}", val_fraction, 0.1),
             ("test{}", test_fraction, 0.2),
             ("seed{}", seed, 0),
+            ("raters{}", num_raters, 0),
         ],
     )
     return VolumeConfig(
@@ -105,6 +115,7 @@ def make_config(
         target=target,
         empty_slices=empty_slices,
         crop_nonzero=crop_nonzero,
+        raters=num_raters,
     )
 
 
@@ -144,14 +155,18 @@ def class_names(layout: Layout, target: str) -> list[str]:
     return ["background", target]
 
 
-def features(size: int) -> tfds.features.FeaturesDict:
+def features(size: int, num_raters: int = 0) -> tfds.features.FeaturesDict:
     def t(shape: tuple, dtype: type, doc: str) -> tfds.features.Tensor:
         return tfds.features.Tensor(
             shape=shape, dtype=dtype, doc=doc, encoding=tfds.features.Encoding.ZLIB
         )
 
+    spec = {}
+    if num_raters:
+        spec["raters"] = t((num_raters, size, size, 1), np.uint8, "every rater's target")
     return tfds.features.FeaturesDict(
         {
+            **spec,
             "image": t((size, size, None), np.float32, "normalised channels (see metadata)"),
             "mask": t((size, size, 1), np.uint8, "binary target, or class indices 0..C"),
             "labels_plane": t((None, None), np.uint8, "class indices on the slice's own grid"),
@@ -171,7 +186,7 @@ def dataset_info(builder: tfds.core.DatasetBuilder, description: str) -> tfds.co
     return tfds.core.DatasetInfo(
         builder=builder,
         description=description,
-        features=features(builder.builder_config.image_size),
+        features=features(builder.builder_config.image_size, builder.builder_config.raters),
         supervised_keys=("image", "mask"),
         disable_shuffling=True,  # a case's slices stay together and in order
         metadata=tfds.core.MetadataDict(),
@@ -192,11 +207,18 @@ def split_cases(layout: Layout, config: VolumeConfig) -> dict[str, list[Case]]:
     return {"train": [by_id[k] for k in train], "validation": [by_id[k] for k in val], "test": test}
 
 
-def read_case(case: Case, layout: Layout) -> tuple[np.ndarray, np.ndarray, object]:
-    """(image (X, Y, Z, C) float32, labels (X, Y, Z) int64, reference NIfTI image)."""
+def read_case(
+    case: Case, layout: Layout
+) -> tuple[np.ndarray, np.ndarray, object, np.ndarray | None]:
+    """(image (X, Y, Z, C) float32, labels (X, Y, Z) int64, reference NIfTI image, every
+    rater's labels (R, X, Y, Z) or None); with raters, `labels` is their consensus."""
     image, ref = volumes.read_channels(case.channels, len(layout.channels))
-    labels = volumes.read_labels(case.label, ref, case.channels[0], list(layout.labels))
-    return image, labels, ref
+    declared = list(layout.labels)
+    if not case.raters:
+        return image, volumes.read_labels(case.label, ref, case.channels[0], declared), ref, None
+    stack = np.stack([volumes.read_labels(p, ref, case.channels[0], declared)
+                      for p in case.raters])
+    return image, raters.majority(stack), ref, stack
 
 
 def channel_statistics(cases: Sequence[Case], layout: Layout) -> list[dict[str, float] | None]:
@@ -207,7 +229,7 @@ def channel_statistics(cases: Sequence[Case], layout: Layout) -> list[dict[str, 
         return [None] * len(schemes)
     samples: dict[int, list[np.ndarray]] = {c: [] for c in ct}
     for case in cases:
-        image, labels, _ = read_case(case, layout)
+        image, labels, _, _ = read_case(case, layout)
         for c in ct:
             samples[c].append(intensity.foreground_sample(image[..., c], labels, f"{case.id}/{c}"))
     return [
@@ -246,6 +268,15 @@ def metadata(layout: Layout, config: VolumeConfig, stats: list, splits: dict) ->
     }
 
 
+def target_of(labels: np.ndarray, layout: Layout, target: str) -> tuple[np.ndarray, np.ndarray]:
+    """(class indices, target) uint8 of a label map: the target is the class indices for a
+    label map, else the binary mask of the target's values."""
+    classes = np.searchsorted(sorted(layout.labels), labels).astype(np.uint8)
+    if is_label_map(layout, target):
+        return classes, classes
+    return classes, np.isin(labels, target_values(layout, target)).astype(np.uint8)
+
+
 def keep_empty(seed: int, case_id: str, index: int, fraction: float) -> bool:
     """Whether a training slice without target is kept: a fixed draw per (seed, case, slice)."""
     if fraction >= 1.0:
@@ -258,14 +289,11 @@ def case_examples(
     case: Case, layout: Layout, config: VolumeConfig, stats: list, train: bool
 ) -> Iterator[tuple[str, dict]]:
     """The slice examples of one case (see the module docstring)."""
-    raw, labels, ref = read_case(case, layout)
+    raw, labels, ref, rater_labels = read_case(case, layout)
     image = intensity.normalise(raw, [intensity.scheme(n) for n in layout.channels], stats)
-    values = sorted(layout.labels)
-    classes = np.searchsorted(values, labels).astype(np.uint8)
-    if is_label_map(layout, config.target):
-        target = classes
-    else:
-        target = np.isin(labels, target_values(layout, config.target)).astype(np.uint8)
+    classes, target = target_of(labels, layout, config.target)
+    rater_targets = [] if rater_labels is None else [
+        target_of(r, layout, config.target)[1] for r in rater_labels]
     axis, size = config.axis, config.image_size
     crop = geometry.case_box(raw, axis, config.crop_nonzero)
     fixed = {
@@ -286,6 +314,11 @@ def case_examples(
         ):
             continue
         key = f"{case.id}/{k:04d}"
+        extra = {}
+        if rater_targets:
+            extra["raters"] = np.stack([
+                geometry.to_square(volumes.plane(t, axis, k), crop, size, nearest=True)
+                for t in rater_targets])[..., None]
         yield (
             key,
             {
@@ -297,6 +330,7 @@ def case_examples(
                     volumes.plane(image, axis, k), crop, size, nearest=False
                 ),
                 "labels_plane": class_plane,
+                **extra,
             },
         )
 
