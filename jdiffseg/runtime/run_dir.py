@@ -28,7 +28,6 @@ IMPORTED_FILE = "imported.json"
 # Sections every run's config.json has.
 REQUIRED_SECTIONS = ("data", "model", "diffusion", "train", "eval")
 # Sections whose keys a newer version may add: missing keys take today's defaults.
-DEFAULTED_SECTIONS = ("eval", "analysis")
 # Keys that change how fast a run goes, not what it computes: free to change on resume.
 RESUME_FREE_KEYS = {"data": ("prefetch",)}
 
@@ -65,8 +64,8 @@ def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
 def read_config(
     workdir: str | os.PathLike[str], overrides: Mapping[str, Any] | None = None
 ) -> ml_collections.ConfigDict:
-    """The run's config.json, locked; `eval`/`analysis` keys it predates take today's defaults,
-    then `overrides` (dotted keys) apply.
+    """The run's config.json, locked; keys it predates take today's defaults, then `overrides`
+    (dotted keys) apply.
 
     Raises FileNotFoundError when the workdir or its config.json is missing, ValueError when the
     file is not a run's config, and KeyError for an override naming an unknown key.
@@ -88,16 +87,22 @@ def read_config(
     missing = [s for s in REQUIRED_SECTIONS if s not in config]
     if missing:
         raise ValueError(f"{path} has no {missing[0]!r} section; it is not a run's config")
-    defaults = schema.base_config()
     with config.unlocked():
-        for section in DEFAULTED_SECTIONS:
-            if section not in config:
-                config[section] = defaults[section]
-            for key, value in defaults[section].items():
-                if key not in config[section]:
-                    config[section][key] = value
+        _fill_defaults(config, schema.base_config())
     parsing.update(config, dict(overrides or {}))
     return config
+
+
+def _fill_defaults(config: ml_collections.ConfigDict,
+                   defaults: ml_collections.ConfigDict) -> None:
+    """Adds the keys `config` predates with today's defaults (in place, at every depth): a new
+    key's default keeps what runs did before it existed, so older runs load and resume."""
+    for key, value in defaults.items():
+        if key not in config:
+            config[key] = value
+        elif isinstance(value, ml_collections.ConfigDict) and isinstance(
+                config[key], ml_collections.ConfigDict):
+            _fill_defaults(config[key], value)
 
 
 def write_finished(workdir: str, summary: dict[str, Any]) -> None:
@@ -142,7 +147,10 @@ def check_resume_config(workdir: str, config: ml_collections.ConfigDict) -> None
     if not os.path.exists(path):
         return
     with open(path) as f:
-        saved = json.load(f)
+        saved_config = parsing.from_json(f.read())
+    with saved_config.unlocked():
+        _fill_defaults(saved_config, schema.base_config())
+    saved = json.loads(parsing.to_json(saved_config))
     current = json.loads(parsing.to_json(config))
     for section in ("model", "diffusion", "data"):
         a, b = saved.get(section, {}), current.get(section, {})

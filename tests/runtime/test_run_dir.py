@@ -30,6 +30,22 @@ def test_read_config_fills_new_defaults_and_applies_overrides(tmp_path):
         loaded.eval.typo = 1  # locked
 
 
+def test_a_run_that_predates_new_keys_loads_and_resumes(tmp_path):
+    config = tiny_config(tmp_path)
+    run_dir.write_config(str(tmp_path), config)
+    saved = json.loads((tmp_path / run_dir.CONFIG_FILE).read_text())
+    del saved["data"]["raters"], saved["data"]["augment"]["color_jitter"]
+    del saved["train"]["population"]
+    (tmp_path / run_dir.CONFIG_FILE).write_text(json.dumps(saved))
+    loaded = run_dir.read_config(tmp_path)
+    assert loaded.data.raters == 0 and loaded.train.population == 1
+    assert loaded.data.augment.color_jitter == 0.0
+    run_dir.check_resume_config(str(tmp_path), config)  # today's defaults: the same run
+    config.data.raters = 3
+    with pytest.raises(ValueError, match=r"config\.data \(keys \['raters'\]\)"):
+        run_dir.check_resume_config(str(tmp_path), config)
+
+
 def test_read_config_errors_name_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         run_dir.read_config(tmp_path / "nowhere")
