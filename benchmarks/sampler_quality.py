@@ -33,7 +33,7 @@ from jdiffseg.diffusion import dpm_solver
 from jdiffseg.evaluation import evaluate, scores
 from jdiffseg.models import build_model
 from jdiffseg.runtime import cpu_defaults, run_dir, sharding, variables
-from jdiffseg.scoring import metrics, predictors
+from jdiffseg.scoring import metrics, predictors, raters
 
 DDIM_SETTINGS = tuple(f"ddim-{n}-{eta}" for n in (50, 20, 10) for eta in (0, 1))
 DPM_SETTINGS = tuple(f"{s}-{n}" for s in dpm_solver.SOLVERS for n in (20, 10, 5))
@@ -100,7 +100,7 @@ def evaluate_setting(
         dice.append(np.asarray(per["dice"])[valid])
         iou.append(np.asarray(per["iou"])[valid])
         if reference is not None:
-            distance = metrics.generalized_energy_distance(members, reference[i])
+            distance = raters.generalized_energy_distance(members, reference[i])
             ged.append(np.asarray(distance)[valid])
         members_out.append(members)
     count = sum(len(d) for d in dice)

@@ -16,11 +16,10 @@ Definitions (per image unless stated otherwise):
 * **ECE** over pixels with ``num_bins`` equal-width bins on [0, 1]; bin ``k`` holds confidences
   in ``[k/M, (k+1)/M)`` and the last bin also holds 1.0. ``ECE = sum_k n_k / N |acc_k - conf_k|``.
   ``'top_label'``: confidence ``max(p, 1-p)``, accuracy of the arg-max label (``p > 0.5``).
-  ``'foreground'``: confidence ``p``, "accuracy" is the frequency of label 1 in the bin.
+  ``'foreground'``: confidence ``p``, "accuracy" is the frequency of label 1 in the bin (the
+  mean soft label in the bin when :func:`bin_stats` is given soft targets).
 * **Brier** ``mean (p - y)^2`` (the one-class form; the two-class form is twice this).
 * **NLL** ``-mean [y log p + (1-y) log(1-p)]`` in nats, with ``p`` clipped to ``[eps, 1-eps]``.
-* **GED** the squared generalised energy distance between two sets of masks per image, with
-  ``d = 1 - IoU`` (0 for two empty masks).
 
 The accumulator (:func:`init`, :func:`update`, :func:`merge`, :func:`compute`) is a pytree of
 sums, so batches combine by addition. Inside one ``jax.jit`` over a device mesh with the batch
@@ -114,7 +113,8 @@ def brier(probs: jax.Array, labels: jax.Array) -> jax.Array:
     return jnp.mean(jnp.square(probs - labels), axis=_pixel_axes(probs))
 
 
-def _pixel_nll(probs: jax.Array, labels: jax.Array, eps: float) -> jax.Array:
+def pixel_nll(probs: jax.Array, labels: jax.Array, eps: float) -> jax.Array:
+    """Binary cross-entropy per pixel in nats (labels may be soft), p clipped to [eps, 1-eps]."""
     p = jnp.clip(probs, eps, 1.0 - eps)
     return -(labels * jnp.log(p) + (1.0 - labels) * jnp.log1p(-p))
 
@@ -122,7 +122,7 @@ def _pixel_nll(probs: jax.Array, labels: jax.Array, eps: float) -> jax.Array:
 def nll(probs: jax.Array, labels: jax.Array, eps: float = NLL_EPS) -> jax.Array:
     """Per-image mean binary negative log-likelihood in nats, shape (B,); p clipped to eps."""
     probs, labels = _check_pair(probs, labels)
-    return jnp.mean(_pixel_nll(probs, labels, eps), axis=_pixel_axes(probs))
+    return jnp.mean(pixel_nll(probs, labels, eps), axis=_pixel_axes(probs))
 
 
 class BinStats(NamedTuple):
@@ -130,7 +130,8 @@ class BinStats(NamedTuple):
 
     count: jax.Array  # int32 (..., num_bins): pixels in the bin
     confidence: jax.Array  # float32 (..., num_bins): sum of confidences
-    accuracy: jax.Array  # int32 (..., num_bins): sum of correct (top-label) or label-1 pixels
+    accuracy: jax.Array  # (..., num_bins): int32 sum of correct (top-label) or label-1 pixels,
+    # float32 sum of soft labels for soft targets
 
 
 def _confidence_and_hit(
@@ -145,30 +146,43 @@ def _confidence_and_hit(
     return conf, hit
 
 
-def _image_bin_stats(
-    probs: jax.Array, labels: jax.Array, weight: jax.Array, num_bins: int, variant: str
+def bin_stats(
+    conf: jax.Array, target: jax.Array, include: jax.Array, num_bins: int
 ) -> BinStats:
-    """Per-image bin sums, each of shape (B, num_bins); ``weight`` (B,) in {0, 1}.
+    """Per-row bin sums of (B, P) confidences and targets over the pixels where ``include``.
+
+    ``target`` is bool (a hit, summed exactly as int32) or float in [0, 1] (a soft label, summed
+    as float32); ``include`` (B, P) bool selects the pixels. Each sum has shape (B, num_bins).
 
     Written as a masked reduction over pixels rather than a scatter-add: under jit XLA fuses the
     one-hot into the reduction (nothing of size pixels x bins is stored), and its tree-shaped
     float32 reduction stays accurate where a sequential scatter-add of millions of confidences
     drifts (by ~1e-2 in ECE on 4M pixels).
     """
+    idx = jnp.clip(jnp.floor(conf * num_bins).astype(jnp.int32), 0, num_bins - 1)
+    in_bin = (idx[..., None] == jnp.arange(num_bins, dtype=jnp.int32)) & include[..., None]
+    soft = target.dtype != jnp.bool_
+    hits = jnp.where(in_bin, target[..., None], jnp.zeros((), target.dtype))
+    return BinStats(
+        count=jnp.sum(in_bin, axis=1, dtype=jnp.int32),
+        confidence=jnp.sum(jnp.where(in_bin, conf[..., None], 0.0), axis=1),
+        accuracy=jnp.sum(hits, axis=1, dtype=jnp.float32 if soft else jnp.int32),
+    )
+
+
+def _image_bin_stats(
+    probs: jax.Array, labels: jax.Array, weight: jax.Array, num_bins: int, variant: str
+) -> BinStats:
+    """Per-image bin sums, each of shape (B, num_bins); ``weight`` (B,) in {0, 1}."""
     conf, hit = _confidence_and_hit(probs, labels, variant)
     batch = probs.shape[0]
     conf = conf.reshape(batch, -1)
-    hit = hit.reshape(batch, -1)
-    idx = jnp.clip(jnp.floor(conf * num_bins).astype(jnp.int32), 0, num_bins - 1)
-    in_bin = idx[..., None] == jnp.arange(num_bins, dtype=jnp.int32)  # (B, P, M), fused
-    w = weight.astype(jnp.int32)[:, None]
-    count = jnp.sum(in_bin, axis=1, dtype=jnp.int32)
-    correct = jnp.sum(in_bin & hit[..., None], axis=1, dtype=jnp.int32)
-    conf_sum = jnp.sum(jnp.where(in_bin, conf[..., None], 0.0), axis=1)
-    return BinStats(count=count * w, confidence=conf_sum * w, accuracy=correct * w)
+    include = jnp.broadcast_to((weight > 0)[:, None], conf.shape)
+    return bin_stats(conf, hit.reshape(batch, -1), include, num_bins)
 
 
-def _ece_from_bins(stats: BinStats) -> jax.Array:
+def ece_from_bins(stats: BinStats) -> jax.Array:
+    """``sum_k |acc_k - conf_k| / N`` over the last (bin) axis; 0 where no pixel was binned."""
     total = jnp.sum(stats.count, axis=-1).astype(jnp.float32)
     gap = jnp.abs(stats.accuracy.astype(jnp.float32) - stats.confidence)
     return jnp.where(total > 0, jnp.sum(gap, axis=-1) / jnp.maximum(total, 1.0), 0.0)
@@ -193,7 +207,7 @@ def ece(
     stats = _image_bin_stats(probs, labels, weight, num_bins, variant)
     if not per_image:
         stats = jax.tree.map(lambda x: jnp.sum(x, axis=0), stats)
-    return _ece_from_bins(stats)
+    return ece_from_bins(stats)
 
 
 @functools.partial(jax.jit, static_argnames=("num_bins",))
@@ -288,7 +302,7 @@ def update(
         num_images=jnp.sum(weight),
         num_pixels=jnp.sum(weight) * pixels_per_image,
         brier_sum=jnp.sum(jnp.sum(jnp.square(probs - labels), axis=axes) * wf),
-        nll_sum=jnp.sum(jnp.sum(_pixel_nll(probs, labels, NLL_EPS), axis=axes) * wf),
+        nll_sum=jnp.sum(jnp.sum(pixel_nll(probs, labels, NLL_EPS), axis=axes) * wf),
         top_label=bins["top_label"],
         foreground=bins["foreground"],
     )
@@ -322,8 +336,8 @@ def compute(state: MetricState) -> dict[str, jax.Array]:
         "iou": state.iou_sum / n_img,
         "dice_pooled": _dice_from_counts(state.tp, state.fp, state.fn),
         "iou_pooled": _iou_from_counts(state.tp, state.fp, state.fn),
-        "ece_top_label": _ece_from_bins(state.top_label),
-        "ece_foreground": _ece_from_bins(state.foreground),
+        "ece_top_label": ece_from_bins(state.top_label),
+        "ece_foreground": ece_from_bins(state.foreground),
         "brier": state.brier_sum / n_pix,
         "nll": state.nll_sum / n_pix,
         "num_images": state.num_images,
@@ -349,27 +363,5 @@ def reliability_bins(state: MetricState, variant: str = "top_label") -> dict[str
         "confidence": np.where(empty, np.nan, np.asarray(stats.confidence, np.float64) / safe),
         "accuracy": np.where(empty, np.nan, np.asarray(stats.accuracy, np.float64) / safe),
         "fraction": count / max(int(count.sum()), 1),
-        "ece": float(_ece_from_bins(stats)),
+        "ece": float(ece_from_bins(stats)),
     }
-
-
-def generalized_energy_distance(
-    samples: jax.Array, reference: jax.Array, threshold: float = 0.5
-) -> jax.Array:
-    """Per-image squared generalised energy distance D²_GED (Kohl et al. 2018) between two sets
-    of masks, (B, n, ...) and (B, m, ...), binarised at `threshold`, with d = 1 − IoU (0 for
-    two empty masks): 2 E d(S, Y) − E d(S, S') − E d(Y, Y'), the within-set terms over distinct
-    pairs (0 for a set of one). Shape (B,); 0 when both sets follow the same law."""
-    s = (samples > threshold).reshape(*samples.shape[:2], -1).astype(jnp.float32)
-    r = (reference > threshold).reshape(*reference.shape[:2], -1).astype(jnp.float32)
-
-    def mean_distance(a: jax.Array, b: jax.Array, distinct: bool) -> jax.Array:
-        inter = jnp.einsum("bip,bjp->bij", a, b)
-        union = a.sum(-1)[:, :, None] + b.sum(-1)[:, None, :] - inter
-        d = jnp.where(union > 0, 1.0 - inter / jnp.maximum(union, 1.0), 0.0)
-        if not distinct:
-            return d.mean(axis=(1, 2))
-        n = a.shape[1]
-        return d.sum(axis=(1, 2)) / max(n * (n - 1), 1)  # the diagonal is 0
-
-    return 2.0 * mean_distance(s, r, False) - mean_distance(s, s, True) - mean_distance(r, r, True)

@@ -251,31 +251,3 @@ def test_reliability_bins():
     top = metrics.reliability_bins(state, "top_label")
     assert np.isnan(top["confidence"][:2]).all()  # top-label confidence is never below 0.5
     assert top["count"][:2].sum() == 0
-
-
-def _np_ged(samples: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """D²_GED by loops over pairs, d = 1 − IoU (0 for two empty masks)."""
-
-    def d(a, b):
-        union = np.logical_or(a, b).sum()
-        return 0.0 if union == 0 else 1.0 - np.logical_and(a, b).sum() / union
-
-    def mean_d(x, y, distinct):
-        values = [d(a, b) for i, a in enumerate(x) for j, b in enumerate(y)
-                  if not (distinct and i == j)]
-        return np.mean(values) if values else 0.0
-
-    return np.array([2 * mean_d(s, r, False) - mean_d(s, s, True) - mean_d(r, r, True)
-                     for s, r in zip(samples > 0.5, reference > 0.5, strict=True)])
-
-
-def test_generalized_energy_distance_matches_loops_over_pairs():
-    rng = np.random.default_rng(3)
-    samples = rng.uniform(size=(3, 4, 6, 6, 1)).astype(np.float32)
-    reference = (rng.uniform(size=(3, 2, 6, 6, 1)) < 0.3).astype(np.float32)
-    samples[0, :2] = 0.0  # two empty members: d(empty, empty) = 0
-    got = metrics.generalized_energy_distance(jnp.asarray(samples), jnp.asarray(reference))
-    np.testing.assert_allclose(got, _np_ged(samples, reference), rtol=1e-5, atol=1e-6)
-    single = jnp.asarray(reference[:, :1])
-    one = metrics.generalized_energy_distance(single, single)
-    np.testing.assert_allclose(one, 0.0, atol=1e-7)  # one identical mask each: no distance
