@@ -159,6 +159,7 @@ def base_config() -> ml_collections.ConfigDict:
     # Multi-rater data: the val/test `mask`: majority | rater<k> (or k) | all (majority, and the
     # batch also carries `raters` (b, R, H, W, 1))
     c.eval.reference = "majority"
+    c.eval.band_px = 2.0  # with reference 'all': width of the boundary band of the band ECE
     c.eval.ff_ensemble = "none"  # feed-forward test-time ensemble: none | flip | dropout
     c.eval.ff_ensemble_size = 8  # its members (flip: at most 8, the square's symmetries)
     c.eval.extra_protocols = ""  # comma-separated reference protocols, e.g. "threshold_sweep"

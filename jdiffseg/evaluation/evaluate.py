@@ -57,10 +57,12 @@ from jdiffseg.evaluation import results as results_io
 from jdiffseg.evaluation.scores import EXTRA_PROTOCOLS, extra_protocols, score_batch
 from jdiffseg.models import build_model
 from jdiffseg.runtime import run_dir, runlog, sharding, tensorboard, variables
-from jdiffseg.scoring import fusion, metrics, multiclass, predictors, stats
+from jdiffseg.scoring import fusion, metrics, multiclass, predictors, raters, stats
 
 EVAL_DIR = "eval"
 POPULATION_FILE = "population.json"
+# per-image scores against all raters (`eval.reference='all'`), as 'rater_<name>'
+RATER_PER_IMAGE = ("ged", "diversity", "hungarian_iou", "ece_soft", "brier_soft", "nll_soft")
 
 
 def _check_eval_config(config: ml_collections.ConfigDict) -> None:
@@ -87,6 +89,11 @@ def _check_eval_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.eval.threshold={e.threshold} must lie in (0, 1)")
     if int(e.num_bins) < 1:
         raise ValueError(f"config.eval.num_bins={e.num_bins} must be >= 1")
+    if float(e.band_px) < 0:
+        raise ValueError(f"config.eval.band_px={e.band_px} must be >= 0")
+    if str(e.reference) == "all" and int(config.data.num_classes) > 1:
+        raise ValueError("config.eval.reference='all' scores binary masks against every rater; "
+                         f"this run has config.data.num_classes={config.data.num_classes}")
 
 
 def count_batches(split_size: int, num_examples: int, process_count: int, per_process: int
@@ -187,6 +194,22 @@ def population_summary(results: list[dict[str, Any]], seeds: list[int]) -> dict[
     return {"num_replicas": len(rows), "replicas": rows, "summary": over}
 
 
+def _add_rater_scores(host: dict[str, Any], keep: np.ndarray, e: ml_collections.ConfigDict,
+                      per_image: dict[str, list[np.ndarray]],
+                      bins: dict[str, metrics.BinStats] | None
+                      ) -> dict[str, metrics.BinStats]:
+    """Scores the kept rows of a batch against all its raters (`scoring.raters`): per-image
+    values go to `per_image` as 'rater_<name>', and the calibration bins add up to `bins`."""
+    scored = raters.rater_metrics(host["members"][keep], host["raters"][keep],
+                                  num_bins=int(e.num_bins), band_px=float(e.band_px),
+                                  threshold=float(e.threshold))
+    for name in RATER_PER_IMAGE:
+        per_image.setdefault(f"rater_{name}", []).append(np.asarray(scored[f"{name}_per_image"]))
+    if bins is None:
+        return scored["bins"]
+    return {k: jax.tree.map(np.add, bins[k], scored["bins"][k]) for k in bins}
+
+
 def _evaluate_one(workdir: Path, config: ml_collections.ConfigDict, out_dir: Path,
                   replica: int | None) -> dict[str, Any]:
     """`evaluate` of one run (or one replica of a population), written to `out_dir`."""
@@ -224,6 +247,7 @@ def _evaluate_one(workdir: Path, config: ml_collections.ConfigDict, out_dir: Pat
         update = jax.jit(metrics.update, out_shardings=rep)
         acc_probs = acc_fused = jax.device_put(metrics.init(int(e.num_bins)), rep)
     per_image: dict[str, list[np.ndarray]] = {}
+    rater_bins: dict[str, metrics.BinStats] | None = None
     indices: list[np.ndarray] = []
     cases: dict[str, list[np.ndarray]] = {}
     key = jax.random.key(int(config.seed))
@@ -257,8 +281,12 @@ def _evaluate_one(workdir: Path, config: ml_collections.ConfigDict, out_dir: Pat
             acc_fused = update(acc_fused, scored["fused"], arrays["mask"], 0.5, arrays["valid"])
         host = sharding.fetch({"per": scored["per_image"], "valid": arrays["valid"],
                                "index": arrays["index"],
-                               **({"fused": scored["fused"]} if volumes is not None else {})})
+                               **({"fused": scored["fused"]} if volumes is not None else {}),
+                               **({"members": out["members"], "raters": arrays["raters"]}
+                                  if "raters" in arrays else {})})
         keep = np.asarray(host["valid"], bool)
+        if "raters" in host and keep.any():
+            rater_bins = _add_rater_scores(host, keep, e, per_image, rater_bins)
         if volumes is not None:
             volumes.add(np.asarray(host["index"])[keep], np.asarray(host["fused"])[keep])
         for name, values in host["per"].items():
@@ -291,6 +319,11 @@ def _evaluate_one(workdir: Path, config: ml_collections.ConfigDict, out_dir: Pat
                                "total_seconds": time.perf_counter() - start})
     if volumes is not None:
         results["volumes"] = volumes.results()
+    if rater_bins is not None:
+        results["dataset"]["raters"] = {
+            "reference": "all", "num_raters": int(first["raters"].shape[1]),
+            "band_px": float(e.band_px),
+            **{f"ece_{k}": raters.pooled_ece(b) for k, b in rater_bins.items()}}
     if jax.process_index() == 0:
         results_io.write_outputs(out_dir, results, ids, per, acc_probs, cases, config,
                                  volumes.rows if volumes is not None else None)

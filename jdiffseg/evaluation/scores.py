@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from jdiffseg.scoring import fusion, metrics
+from jdiffseg.scoring import fusion, metrics, raters
 
 # Reference-repository protocols, each reported apart from the default metrics.
 EXTRA_PROTOCOLS = {
@@ -57,6 +57,7 @@ def score_batch(
     flat_labels = jnp.repeat(labels, n, axis=0)
     per["member_dice"] = metrics.dice(flat_members, flat_labels, threshold).reshape(B, n).mean(1)
     per["member_iou"] = metrics.iou(flat_members, flat_labels, threshold).reshape(B, n).mean(1)
+    per["member_binarity"] = raters.member_binarity(members)
     maps = fusion.uncertainty_maps(members)
     for name in UNCERTAINTY_KEYS:
         per[f"uncertainty_{name}"] = jnp.mean(maps[name], axis=(1, 2, 3))

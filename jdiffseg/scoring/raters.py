@@ -247,13 +247,13 @@ def boundary_ece(
     return soft_ece(probs, reference, num_bins, include=jnp.asarray(band), per_image=per_image)
 
 
-def member_binarity(members: jax.Array, tol: float = DEFAULT_BINARY_TOL) -> np.ndarray:
+def member_binarity(members: jax.Array, tol: float = DEFAULT_BINARY_TOL) -> jax.Array:
     """Per-image fraction of member values within ``tol`` of 0 or 1, (B,), members (B, n, ...)."""
-    m = np.asarray(members, np.float64)
+    m = jnp.asarray(members, jnp.float32)
     if m.ndim < 3:
         raise ValueError(f"raters: members {m.shape} must be (B, n, H, W[, 1])")
-    near = np.minimum(m, 1.0 - m) <= tol
-    return near.reshape(m.shape[0], -1).mean(axis=1)
+    near = jnp.minimum(m, 1.0 - m) <= tol
+    return jnp.mean(near.reshape(m.shape[0], -1), axis=1)
 
 
 def rater_metrics(
@@ -274,8 +274,8 @@ def rater_metrics(
     band_pixels without the suffix are floats over the batch: ece_soft and ece_band pooled over
     its pixels (ece_band NaN when no image has a boundary), the others the mean over images
     (for Brier, NLL and binarity equal to the pooled value, every image having the same number
-    of pixels). Pooled ECEs cover only the images passed in: pass the whole data set for a
-    data-set ECE.
+    of pixels). ``bins`` holds the batch's summed bin statistics ('soft', 'band'): add them
+    over batches and take :func:`pooled_ece` for a data-set ECE.
     """
     m = np.asarray(members, np.float32)
     r = np.asarray(raters, np.float32)
@@ -302,6 +302,19 @@ def rater_metrics(
     }
     means = ("ged", "diversity", "hungarian_iou", "brier_soft", "nll_soft", "binarity")
     out.update({k: float(np.mean(per_image[k])) for k in means})
-    out["ece_soft"] = float(soft_ece(probs, soft, num_bins))
-    out["ece_band"] = float(soft_ece(probs, soft, num_bins, include=band_j))
+    batch = probs.shape[0]
+    flat = (jnp.asarray(probs, jnp.float32).reshape(batch, -1), soft.reshape(batch, -1))
+    bins = {"soft": metrics.bin_stats(*flat, jnp.ones(flat[0].shape, bool), num_bins),
+            "band": metrics.bin_stats(*flat, band_j.reshape(batch, -1), num_bins)}
+    out["bins"] = {k: jax.tree.map(lambda x: np.asarray(jnp.sum(x, axis=0)), v)
+                   for k, v in bins.items()}
+    out["ece_soft"], out["ece_band"] = (pooled_ece(out["bins"][k]) for k in ("soft", "band"))
     return out
+
+
+def pooled_ece(bins: metrics.BinStats) -> float:
+    """The ECE of bin sums pooled over images (and batches, by adding them); NaN over no
+    pixels."""
+    if float(np.sum(bins.count)) == 0:
+        return math.nan
+    return float(metrics.ece_from_bins(jax.tree.map(jnp.asarray, bins)))
