@@ -137,6 +137,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.population = 1
     c.train.population_overrides = ""  # per replica: "seed=0,1,2;train.lr=1e-4,3e-4,1e-3"
     c.train.population_data = "shared"  # data order: shared (base seed) | per_replica (own seed)
+    # Devices along the mesh's replica axis: R > 1 splits the replicas over R groups of devices,
+    # each group splitting the batch (a 2-D replica x data mesh); 1: one 'data' axis
+    c.train.replica_devices = 1
     c.train.distributed = False  # call jax.distributed.initialize()
     c.train.coordinator_address = config_dict.placeholder(str)
     c.train.num_processes = config_dict.placeholder(int)

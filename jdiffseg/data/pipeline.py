@@ -263,8 +263,9 @@ def split_size(config: ml_collections.ConfigDict, split: str) -> int:
     return len(data_source(config, split))
 
 
-def to_global(batch: dict[str, np.ndarray], mesh: Mesh, axis: str | tuple[str, ...] = "data"
+def to_global(batch: dict[str, np.ndarray], mesh: Mesh, spec: PartitionSpec | None = None
               ) -> dict[str, jax.Array]:
-    """Per-process numpy batch -> global jax.Arrays sharded over `axis` of `mesh` (batch dim)."""
-    sharding = NamedSharding(mesh, PartitionSpec(axis))
+    """Per-process numpy batch -> global jax.Arrays placed by `spec` on `mesh` (default: the
+    leading, batch, dimension split over the mesh's 'data' axis)."""
+    sharding = NamedSharding(mesh, PartitionSpec("data") if spec is None else spec)
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)

@@ -33,8 +33,10 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 from grain import checkpoint as grain_checkpoint
 from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from orbax.checkpoint import checkpoint_managers as policies
 
 from jdiffseg.runtime import io_errors, run_dir
@@ -230,7 +232,8 @@ class Checkpointer:
         self, which: int | str, target: Any | None = None, data_iterator: Any | None = None
     ) -> tuple[Any, dict[str, Any]]:
         """(state, meta) of a step. `target` (arrays or `jax.ShapeDtypeStruct`s with shardings)
-        gives the structure and placement; without it arrays come back as saved. The iterator,
+        gives the structure and placement; without it every array comes back whole on each of
+        this job's devices, whatever mesh wrote it (trained on 8 devices, read on 1). The iterator,
         when given, is moved to the saved position in place.
 
         'latest' and 'best' go on to the next candidate when a step fails to restore, naming it
@@ -260,9 +263,9 @@ class Checkpointer:
     def _restore_step(
         self, step: int, target: Any | None, data_iterator: Any | None
     ) -> tuple[Any, dict[str, Any]]:
-        state_arg = (
-            ocp.args.StandardRestore(target) if target is not None else ocp.args.StandardRestore()
-        )
+        if target is None:
+            target = _replicated_here(os.path.join(self.directory, str(step), "state"))
+        state_arg = ocp.args.StandardRestore(target)
         args = {"state": state_arg, "meta": ocp.args.JsonRestore()}
         if data_iterator is not None:
             args["data"] = grain_checkpoint.CheckpointRestore(data_iterator)
@@ -407,3 +410,12 @@ def load_variables(workdir: str, which: int | str = "best", *, use_ema: bool = T
     if state.get("batch_stats"):
         variables["batch_stats"] = state["batch_stats"]
     return variables, meta
+
+
+def _replicated_here(state_dir: str) -> Any:
+    """The saved state's structure as `jax.ShapeDtypeStruct`s replicated over this job's
+    devices: a restore target for readers on another device layout than the writer's."""
+    saved = ocp.StandardCheckpointHandler().metadata(epath.Path(state_dir))
+    everywhere = NamedSharding(Mesh(np.asarray(jax.devices()), ("all",)), PartitionSpec())
+    return jax.tree.map(
+        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=everywhere), saved)

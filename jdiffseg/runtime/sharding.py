@@ -1,8 +1,11 @@
 """Device mesh, shardings and multi-host start-up.
 
-One 1-D mesh over every device of every process, with the axis ``'data'``: batches are split
-along it, parameters are replicated (or, with ``fsdp``, their largest divisible dimension is
-split along it too). `jax.jit` with these `NamedSharding`s does the rest; there is no pmap.
+One 2-D mesh over every device of every process, with the axes ``('replica', 'data')``.
+Batches are split along ``'data'``; parameters are replicated (or, with ``fsdp``, their largest
+divisible dimension is split along ``'data'`` too). The ``'replica'`` axis has one device except
+for a population trained with ``train.replica_devices=R > 1``: its replicas are split over the R
+rows of the mesh while each row splits the batch over its own devices. `jax.jit` with these
+`NamedSharding`s does the rest; there is no pmap.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
+REPLICA_AXIS = "replica"
 # Arrays smaller than this stay replicated under FSDP: splitting them saves nothing.
 FSDP_MIN_SIZE = 2**14
 
@@ -42,10 +46,15 @@ def maybe_initialize_distributed(train_config: Any) -> None:
         jax.distributed.initialize()
 
 
-def make_mesh(devices: list[jax.Device] | None = None) -> Mesh:
-    """A 1-D mesh with axis 'data' over `devices` (default: all devices of all processes)."""
+def make_mesh(devices: list[jax.Device] | None = None, replica_devices: int = 1) -> Mesh:
+    """A (`replica_devices`, rest) mesh with axes ('replica', 'data') over `devices` (default:
+    all devices of all processes)."""
     devices = jax.devices() if devices is None else devices
-    return Mesh(np.asarray(devices), (DATA_AXIS,))
+    if replica_devices < 1 or len(devices) % replica_devices:
+        raise ValueError(f"config.train.replica_devices={replica_devices} must be >= 1 and "
+                         f"divide the number of devices ({len(devices)})")
+    grid = np.asarray(devices).reshape(replica_devices, len(devices) // replica_devices)
+    return Mesh(grid, (REPLICA_AXIS, DATA_AXIS))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -84,24 +93,36 @@ def state_shardings(abstract_state: Any, mesh: Mesh, fsdp: bool = False) -> Any:
 
 
 def population_shardings(abstract_state: Any, mesh: Mesh) -> Any:
-    """Shardings of a population's train state (leading replica axis on every leaf): the
-    replicas split over the devices when their number divides evenly, else replicated."""
-    num_shards = mesh.shape[DATA_AXIS]
+    """Shardings of a population's train state (leading replica axis on every leaf): split over
+    the mesh's 'replica' axis when it has several devices; otherwise over 'data' when the
+    number of replicas divides evenly, else replicated."""
+    axis = REPLICA_AXIS if mesh.shape[REPLICA_AXIS] > 1 else DATA_AXIS
+    num_shards = mesh.shape[axis]
 
     def one(leaf: Any) -> NamedSharding:
         shape = tuple(getattr(leaf, "shape", ()))
         split = num_shards > 1 and bool(shape) and shape[0] % num_shards == 0
-        return NamedSharding(mesh, PartitionSpec(DATA_AXIS) if split else PartitionSpec())
+        return NamedSharding(mesh, PartitionSpec(axis) if split else PartitionSpec())
 
     return jax.tree.map(one, abstract_state)
 
 
+def population_batch_spec(mesh: Mesh, per_replica: bool) -> PartitionSpec:
+    """Where a population's train batch goes: a shared batch (B, ...) splits over 'data' (a
+    copy per mesh row); per-replica batches (K, B, ...) split K over 'replica' and B over
+    'data' on a 2-D mesh, K over 'data' on a 1-row one."""
+    if per_replica and mesh.shape[REPLICA_AXIS] > 1:
+        return PartitionSpec(REPLICA_AXIS, DATA_AXIS)
+    return PartitionSpec(DATA_AXIS)
+
+
 def check_batch_size(batch_size: int, mesh: Mesh, where: str) -> int:
-    """The per-process share of a global batch; it must split evenly over devices."""
-    num_devices = mesh.devices.size
+    """The per-process share of a global batch; it must split evenly over the 'data' axis."""
+    num_devices = mesh.shape[DATA_AXIS]
     if batch_size % num_devices:
         raise ValueError(
-            f"{where}={batch_size} must be divisible by the number of devices ({num_devices})"
+            f"{where}={batch_size} must be divisible by the number of devices ({num_devices}) "
+            f"that split a batch"
         )
     return batch_size // jax.process_count()
 

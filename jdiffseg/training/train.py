@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jdiffseg import diffusion
 from jdiffseg.config import population
@@ -242,6 +242,11 @@ def check_population(config: Any, mesh: Mesh) -> int:
     k = population.size(config)
     population.replica_values(config)  # refuses keys that change shapes or the graph
     if k == 1:
+        if mesh.shape[sharding.REPLICA_AXIS] > 1:
+            raise ValueError(
+                f"config.train.replica_devices={mesh.shape[sharding.REPLICA_AXIS]} splits the "
+                f"replicas of a population over devices; config.train.population is 1"
+            )
         if config.train.population_overrides:
             raise ValueError(
                 "config.train.population_overrides is set but config.train.population=1; "
@@ -252,20 +257,30 @@ def check_population(config: Any, mesh: Mesh) -> int:
                      ("config.model.pretrained", bool(config.model.pretrained))):
         if bad:
             raise ValueError(f"{key} cannot be combined with config.train.population={k}")
-    if config.train.population_data == "per_replica" and (
-            jax.process_count() > 1 or k % mesh.devices.size):
+    rows = mesh.shape[sharding.REPLICA_AXIS]
+    if rows > 1 and (k % rows or jax.process_count() > 1):
+        raise ValueError(
+            f"config.train.replica_devices={rows} needs one process and a population ({k}) "
+            f"divisible by it"
+        )
+    split = rows if rows > 1 else mesh.shape[sharding.DATA_AXIS]
+    if config.train.population_data == "per_replica" and (jax.process_count() > 1 or k % split):
         raise ValueError(
             f"config.train.population_data='per_replica' needs one process and a population "
-            f"({k}) divisible by the number of devices ({mesh.devices.size})"
+            f"({k}) divisible by the number of devices its replicas split over ({split})"
         )
     return k
 
 
-def jit_train_step(step_fn: Callable, state_shardings: Any, mesh: Mesh) -> Callable:
-    """`step_fn` jitted over `mesh` with the state donated."""
+def jit_train_step(step_fn: Callable, state_shardings: Any, mesh: Mesh,
+                   batch_spec: PartitionSpec | None = None) -> Callable:
+    """`step_fn` jitted over `mesh` with the state donated; the batch placed by `batch_spec`
+    (default: split over 'data')."""
+    batch = sharding.batch_sharding(mesh) if batch_spec is None else NamedSharding(mesh,
+                                                                                     batch_spec)
     return jax.jit(
         step_fn,
-        in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+        in_shardings=(state_shardings, batch),
         out_shardings=(state_shardings, sharding.replicated(mesh)),
         donate_argnums=(0,),
     )
@@ -331,7 +346,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
 def _train(config: Any, workdir: str, held: lock.WorkdirLock | None) -> dict[str, float]:
     """The run itself, under the workdir's lock `held` (None on processes other than 0)."""
     # ---- mesh
-    mesh = sharding.make_mesh()
+    mesh = sharding.make_mesh(replica_devices=int(config.train.replica_devices))
     run_dir.check_resume_config(workdir, config)
     run_dir.write_config(workdir, config)
     total_steps = int(config.train.steps)
@@ -340,10 +355,11 @@ def _train(config: Any, workdir: str, held: lock.WorkdirLock | None) -> dict[str
     local_batch = sharding.check_batch_size(
         config.data.batch_size, mesh, "config.data.batch_size"
     )
-    if accum < 1 or config.data.batch_size % (accum * mesh.devices.size):
+    data_devices = mesh.shape[sharding.DATA_AXIS]
+    if accum < 1 or config.data.batch_size % (accum * data_devices):
         raise ValueError(
             f"config.data.batch_size={config.data.batch_size} must be divisible by "
-            f"config.train.grad_accum={accum} x {mesh.devices.size} devices"
+            f"config.train.grad_accum={accum} x {data_devices} devices"
         )
 
     replicas = population.replica_configs(config) if population_size > 1 else [config]
@@ -385,7 +401,9 @@ def _train(config: Any, workdir: str, held: lock.WorkdirLock | None) -> dict[str
     state = jax.jit(init_fn, out_shardings=state_sh)(init_keys)
 
     # ---- update step
-    train_step = jit_train_step(step_fn, state_sh, mesh)
+    batch_spec = sharding.population_batch_spec(
+        mesh, population_size > 1 and config.train.population_data == "per_replica")
+    train_step = jit_train_step(step_fn, state_sh, mesh, batch_spec)
     validate = validation.make_validator(config, model, mesh)
 
     # ---- resume
@@ -449,7 +467,8 @@ def _train(config: Any, workdir: str, held: lock.WorkdirLock | None) -> dict[str
     # From here on only the prefetcher reads the loader; its state is that of the last batch used.
     train_iter = prefetch.DevicePrefetcher(
         train_iter,
-        lambda b: pipeline.to_global({"image": b["image"], "mask": b["mask"]}, mesh),
+        lambda b: pipeline.to_global({"image": b["image"], "mask": b["mask"]}, mesh,
+                                     batch_spec),
         int(config.data.prefetch),
     )
 

@@ -28,7 +28,8 @@ def test_fsdp_spec_splits_the_largest_divisible_axis():
 
 def test_mesh_and_batch_size_checks():
     mesh = sharding.make_mesh()
-    assert mesh.axis_names == ("data",) and mesh.devices.size == jax.device_count()
+    assert mesh.axis_names == ("replica", "data") and mesh.shape["replica"] == 1
+    assert mesh.devices.size == jax.device_count()
     assert sharding.check_batch_size(8 * jax.device_count(), mesh, "b") == 8 * jax.device_count()
     if jax.device_count() > 1:
         with pytest.raises(ValueError, match=r"config\.data\.batch_size=3"):
