@@ -167,6 +167,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.ff_ensemble_size = 8  # its members (flip: at most 8, the square's symmetries)
     c.eval.extra_protocols = ""  # comma-separated reference protocols, e.g. "threshold_sweep"
     c.eval.num_cases = 4  # images in the case-grid figure
+    # write every member (float16), the mask and any raters per image to samples.npz, for
+    # scoring sub-ensembles or other metrics later without sampling again
+    c.eval.save_members = False
     c.eval.bootstrap_resamples = 2000  # for the 95 % intervals of per-image means
     c.eval.val_ensemble_size = 2  # during training
     c.eval.val_sampling_steps = 10

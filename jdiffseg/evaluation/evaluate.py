@@ -28,9 +28,9 @@ reported). Variables come from the best (or latest) checkpoint, EMA parameters b
   and scored per case (`jdiffseg.evaluation.per_case`: Dice, IoU, sensitivity, precision,
   HD95 and ASSD in mm, per class and region for label maps); the per-slice figures stay.
 
-Writes `WORKDIR/eval/`: metrics.json, per_image.csv, reliability.png, cases.png, and
-per_case.csv for volumetric datasets; with `config.train.tensorboard` also the two figures as
-images into the run's TensorBoard events.
+Writes `WORKDIR/eval/` (or `eval_dir`): metrics.json, per_image.csv, reliability.png, cases.png,
+per_case.csv for volumetric datasets, samples.npz (every member) with `eval.save_members`; with
+`config.train.tensorboard` also the two figures as images into the run's TensorBoard events.
 """
 
 from __future__ import annotations
@@ -154,8 +154,12 @@ def evaluate(
     workdir: str | os.PathLike[str],
     config_overrides: Mapping[str, Any] | None = None,
     replica: int | None = None,
+    eval_dir: str = EVAL_DIR,
 ) -> dict[str, Any]:
     """Evaluates the run in `workdir` on `config.eval.split`; writes and returns metrics.json.
+
+    Outputs go to `WORKDIR/<eval_dir>/`, so that several evaluations of one run (samplers,
+    checkpoints) can sit side by side.
 
     `config_overrides` maps dotted config keys to values (`{"eval.sampler": "ddpm"}`). A
     population run is evaluated replica by replica (`eval/replica_<k>/`, or replica `replica`
@@ -166,16 +170,16 @@ def evaluate(
     config = run_dir.read_config(workdir, config_overrides)
     size = population.size(config)
     if size == 1 and replica is None:
-        return _evaluate_one(workdir, config, workdir / EVAL_DIR, None)
+        return _evaluate_one(workdir, config, workdir / eval_dir, None)
     chosen = range(size) if replica is None else [replica]
     results = [_evaluate_one(workdir, population.replica_config(config, k),
-                             workdir / EVAL_DIR / run_dir.replica_name(k), k) for k in chosen]
+                             workdir / eval_dir / run_dir.replica_name(k), k) for k in chosen]
     if replica is not None:
         return results[0]
     summary = population_summary(results, [population.replica_config(config, k).seed
                                            for k in chosen])
     if jax.process_index() == 0:
-        run_dir.atomic_write(workdir / EVAL_DIR / POPULATION_FILE,
+        run_dir.atomic_write(workdir / eval_dir / POPULATION_FILE,
                              json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -247,6 +251,8 @@ def _evaluate_one(workdir: Path, config: ml_collections.ConfigDict, out_dir: Pat
         update = jax.jit(metrics.update, out_shardings=rep)
         acc_probs = acc_fused = jax.device_put(metrics.init(int(e.num_bins)), rep)
     per_image: dict[str, list[np.ndarray]] = {}
+    save = bool(e.save_members)
+    samples: dict[str, list[np.ndarray]] = {}
     rater_bins: dict[str, metrics.BinStats] | None = None
     indices: list[np.ndarray] = []
     cases: dict[str, list[np.ndarray]] = {}
@@ -282,9 +288,15 @@ def _evaluate_one(workdir: Path, config: ml_collections.ConfigDict, out_dir: Pat
         host = sharding.fetch({"per": scored["per_image"], "valid": arrays["valid"],
                                "index": arrays["index"],
                                **({"fused": scored["fused"]} if volumes is not None else {}),
-                               **({"members": out["members"], "raters": arrays["raters"]}
-                                  if "raters" in arrays else {})})
+                               **({"members": out["members"]}
+                                  if "raters" in arrays or save else {}),
+                               **({"mask": arrays["mask"]} if save else {}),
+                               **({"raters": arrays["raters"]} if "raters" in arrays else {})})
         keep = np.asarray(host["valid"], bool)
+        if save:
+            for name in ("members", "mask", "raters"):
+                if name in host:
+                    samples.setdefault(name, []).append(np.asarray(host[name])[keep])
         if "raters" in host and keep.any():
             rater_bins = _add_rater_scores(host, keep, e, per_image, rater_bins)
         if volumes is not None:
@@ -326,7 +338,8 @@ def _evaluate_one(workdir: Path, config: ml_collections.ConfigDict, out_dir: Pat
             **{f"ece_{k}": raters.pooled_ece(b) for k, b in rater_bins.items()}}
     if jax.process_index() == 0:
         results_io.write_outputs(out_dir, results, ids, per, acc_probs, cases, config,
-                                 volumes.rows if volumes is not None else None)
+                                 volumes.rows if volumes is not None else None,
+                                 samples if save else None)
         if tensorboard.enabled(config):
             files = results["files"]
             tensorboard.write_pngs(workdir, results["checkpoint"]["step"] or 0, {

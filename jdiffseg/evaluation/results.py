@@ -26,6 +26,30 @@ def _summaries(
     return stats.summarize_all(per_image, num_resamples=resamples, seed=seed)
 
 
+SAMPLES_FILE = "samples.npz"
+
+
+def write_samples(path: Path, ids: list[str], samples: Mapping[str, list[np.ndarray]]) -> None:
+    """samples.npz: 'ids' (N,), 'members' (N, n, H, W, C) float16 and the reference 'mask'
+    (N, H, W, C) and 'raters' (N, R, H, W, 1) as uint8, the images in the order of `ids`;
+    written whole or not at all."""
+    arrays: dict[str, np.ndarray] = {"ids": np.asarray(ids)}
+    for name, parts in samples.items():
+        stacked = np.concatenate(parts)
+        arrays[name] = stacked.astype(np.float16 if name == "members" else np.uint8)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def read_samples(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """The arrays of a samples.npz (`write_samples`), members as float32."""
+    with np.load(path) as data:
+        out = {k: data[k] for k in data.files}
+    out["members"] = out["members"].astype(np.float32)
+    return out
+
+
 def _write_csv(path: Path, ids: list[str], per_image: Mapping[str, np.ndarray]) -> None:
     columns = list(per_image)
     with path.open("w", newline="") as f:
@@ -125,9 +149,11 @@ def write_outputs(
     cases: dict[str, list[np.ndarray]],
     config: ml_collections.ConfigDict,
     case_rows: list[dict[str, Any]] | None = None,
+    samples: Mapping[str, list[np.ndarray]] | None = None,
 ) -> None:
     """Writes the files of `results` (with per_case.csv when `case_rows` are given: one row
-    per case and structure of a volumetric dataset) and metrics.json last."""
+    per case and structure of a volumetric dataset; samples.npz when `samples` are: batches of
+    'members', 'mask' and any 'raters') and metrics.json last."""
     out_dir.mkdir(parents=True, exist_ok=True)
     run = results["run"]
     title = f"{run['arch']} · {run['dataset']} · {run['mode']}"
@@ -141,6 +167,9 @@ def write_outputs(
     if case_rows is not None:
         files["per_case"] = out_dir / "per_case.csv"
         per_case.write_csv(files["per_case"], case_rows)
+    if samples is not None:
+        files["samples"] = out_dir / SAMPLES_FILE
+        write_samples(files["samples"], ids, samples)
     # multi-class accumulators hold top-label bins only (classwise ECE is in metrics.json)
     multi = isinstance(acc_probs, multiclass.MultiClassState)
     variants = ("top_label",) if multi else metrics.ECE_VARIANTS

@@ -103,8 +103,8 @@ def _done(path: Path) -> bool:
     return path.is_file()
 
 
-def _train(config: ml_collections.ConfigDict, workdir: Path, log: Callable[[str], None]) -> None:
-
+def train_run(config: ml_collections.ConfigDict, workdir: Path, log: Callable[[str], None]) -> None:
+    """Trains `config` into `workdir` unless a finished run is there (an unfinished one resumes)."""
     if run_dir.is_finished(str(workdir)):
         log(f"  {workdir.name}: trained")
         return
@@ -192,7 +192,7 @@ def run_study(plan: Plan, log: Callable[[str], None] = print) -> dict[str, Any]:
                 if exp not in wanted:
                     continue
                 dirs[exp] = out / dataset / f"{arch}_{exp}_{MODE_OF[exp]}"
-                _train(run_config(plan, arch, dataset, MODE_OF[exp]), dirs[exp], log)
+                train_run(run_config(plan, arch, dataset, MODE_OF[exp]), dirs[exp], log)
                 if exp in ("E1", "E2"):
                     _evaluate(plan, dirs[exp], log)
             if "E2" in dirs:
@@ -203,13 +203,13 @@ def run_study(plan: Plan, log: Callable[[str], None] = print) -> dict[str, Any]:
                 config = run_config(plan, arch, dataset, "diffusion")
                 parsing.update(config, _adapted_overrides(plan, dirs["E2"]))
                 adapted = out / dataset / f"{arch}_E2_adapted_{plan.adapt_method}"
-                _train(config, adapted, log)
+                train_run(config, adapted, log)
                 _evaluate(plan, adapted, log)
                 adaptations.append(gains.adaptation_gains(dirs["E2"], adapted))
         for arch in plan.baselines if "baseline" in wanted else ():
             log(f"{arch} baseline on {dataset}")
             baseline = out / dataset / f"{arch}_E1_feedforward"
-            _train(run_config(plan, arch, dataset, "feedforward"), baseline, log)
+            train_run(run_config(plan, arch, dataset, "feedforward"), baseline, log)
             _evaluate(plan, baseline, log)
 
     outputs: dict[str, Any] = {"out_dir": str(out)}
