@@ -31,11 +31,11 @@ is done.
 
 from __future__ import annotations
 
-import ast
 import sys
 
 from absl import app, flags, logging
 
+from jdiffseg.config import parsing
 from jdiffseg.runtime import cpu_defaults
 from jdiffseg.study import calibration
 
@@ -53,9 +53,11 @@ flags.DEFINE_integer("long_steps", DEFAULTS.long_steps, "steps of the long E2")
 flags.DEFINE_list("small_flavours", list(DEFAULTS.small_flavours),
                   "flavours trained on a small training set too")
 flags.DEFINE_integer("small_train", DEFAULTS.small_train, "images of the small training set")
+flags.DEFINE_integer("small_steps", DEFAULTS.small_steps, "E1 and E2 steps on the small set")
 flags.DEFINE_list("early_flavours", list(DEFAULTS.early_flavours),
                   "flavours whose E2 and E4 loss is computed at every t < early_t")
 flags.DEFINE_integer("early_t", DEFAULTS.early_t, "the early-t range")
+flags.DEFINE_integer("early_images", DEFAULTS.early_images, "validation images of the early-t loss")
 flags.DEFINE_list("ensemble_sizes", [str(k) for k in DEFAULTS.ensemble_sizes],
                   "nested ensemble sizes scored (the largest is drawn)")
 flags.DEFINE_integer("ddim_steps", DEFAULTS.ddim_steps, "DDIM's respaced steps")
@@ -67,36 +69,31 @@ flags.DEFINE_multi_string("override", [], "KEY=VALUE config override for every r
 flags.DEFINE_list("stages", ["train", "evaluate", "early_t", "report"], "stages to run")
 
 
-def _parse(items: list[str]) -> dict[str, object]:
-    out: dict[str, object] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise app.UsageError(f"override {item!r} is not KEY=VALUE")
-        try:
-            out[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            out[key] = value
-    return out
-
-
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     logging.set_verbosity(logging.WARNING)
     cpu_defaults.apply()
+    def subset(name: str) -> tuple[str, ...]:
+        """A flavour-list flag; left at its default, it keeps only the chosen --flavours."""
+        chosen = getattr(FLAGS, name)
+        if not FLAGS[name].present:
+            chosen = [f for f in chosen if f in FLAGS.flavours]
+        return tuple(chosen)
+
     try:
         plan = calibration.CalibrationPlan(
             out_dir=FLAGS.out_dir, flavours=tuple(FLAGS.flavours), seeds=FLAGS.seeds,
             raters=FLAGS.raters, rater_strength=FLAGS.rater_strength,
             e1_steps=FLAGS.e1_steps, e2_steps=FLAGS.e2_steps,
-            long_flavours=tuple(FLAGS.long_flavours), long_steps=FLAGS.long_steps,
-            small_flavours=tuple(FLAGS.small_flavours), small_train=FLAGS.small_train,
-            early_flavours=tuple(FLAGS.early_flavours), early_t=FLAGS.early_t,
+            long_flavours=subset("long_flavours"), long_steps=FLAGS.long_steps,
+            small_flavours=subset("small_flavours"), small_train=FLAGS.small_train,
+            small_steps=FLAGS.small_steps, early_flavours=subset("early_flavours"),
+            early_t=FLAGS.early_t, early_images=FLAGS.early_images,
             ensemble_sizes=tuple(int(k) for k in FLAGS.ensemble_sizes),
             ddim_steps=FLAGS.ddim_steps, test_images=FLAGS.test_images,
-            ddpm_flavours=tuple(FLAGS.ddpm_flavours), ddpm_images=FLAGS.ddpm_images,
-            overrides=_parse(FLAGS.override),
+            ddpm_flavours=subset("ddpm_flavours"), ddpm_images=FLAGS.ddpm_images,
+            overrides=parsing.literal_overrides(FLAGS.override),
         )
     except ValueError as err:
         raise app.UsageError(str(err)) from err

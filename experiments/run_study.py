@@ -21,11 +21,11 @@ outputs under `OUT/<dataset>/<run>/`. Re-running skips whatever is already done.
 
 from __future__ import annotations
 
-import ast
 import sys
 
 from absl import app, flags, logging
 
+from jdiffseg.config import parsing
 from jdiffseg.runtime import cpu_defaults
 from jdiffseg.study import study
 
@@ -44,24 +44,17 @@ flags.DEFINE_multi_string("eval_override", [], "KEY=VALUE override for evaluatio
 flags.DEFINE_multi_string("analysis_override", [], "KEY=VALUE override for the analysis")
 
 
-def _parse(items: list[str]) -> dict[str, object]:
-    out: dict[str, object] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise app.UsageError(f"override {item!r} is not KEY=VALUE")
-        try:
-            out[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            out[key] = value
-    return out
-
-
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # keep library INFO chatter off the console
     cpu_defaults.apply()
+    try:
+        overrides, eval_overrides, analysis_overrides = (
+            parsing.literal_overrides(items)
+            for items in (FLAGS.override, FLAGS.eval_override, FLAGS.analysis_override))
+    except ValueError as err:
+        raise app.UsageError(str(err)) from err
     plan = study.Plan(
         out_dir=FLAGS.out_dir,
         datasets=tuple(FLAGS.datasets),
@@ -70,9 +63,9 @@ def main(argv: list[str]) -> None:
         baselines=tuple(FLAGS.baselines),
         preset=FLAGS.preset,
         adapt_method=FLAGS.adapt_method,
-        overrides=_parse(FLAGS.override),
-        eval_overrides=_parse(FLAGS.eval_override),
-        analysis_overrides=_parse(FLAGS.analysis_override),
+        overrides=overrides,
+        eval_overrides=eval_overrides,
+        analysis_overrides=analysis_overrides,
         seeds=FLAGS.seeds,
     )
     outputs = study.run_study(plan)

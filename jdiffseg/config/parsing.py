@@ -7,6 +7,7 @@ config file accepts the same syntax and rejects unknown keys with the same messa
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import json
 import os
@@ -45,6 +46,22 @@ def key_value_items(text: str, separator: str, what: str, form: str
         key, value = item.split("=", 1)
         pairs.append((key.strip(), value.strip()))
     return pairs
+
+
+def literal_overrides(items: list[str]) -> dict[str, Any]:
+    """`["train.lr=1e-3", "data.variant=nuclei"]` as `{key: value}`: each value a Python
+    literal where it parses as one (numbers, tuples, booleans), else the text itself; an item
+    without '=' is a ValueError naming it."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} is not of the form KEY=VALUE")
+        try:
+            out[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            out[key.strip()] = value.strip()
+    return out
 
 
 def _convert(value: str, default: Any, key: str) -> Any:

@@ -15,8 +15,8 @@ populations of `seeds` seeds and then
 * computes E2's and E4's loss at every t < `early_t` on the validation images.
 
 Every run lives in `OUT/<flavour>/<run>/` with the study's names (`ensemdiff_E2_diffusion`, ...),
-so an `OUT` that already holds a study's runs of the same configs reuses them, and every stage is
-skipped when its outputs exist. `calibration_report` writes the tables and figures.
+and every stage is skipped when its outputs exist, so an interrupted plan goes on where it
+stopped. `calibration_report` writes the tables and figures.
 """
 
 from __future__ import annotations
@@ -41,9 +41,13 @@ from jdiffseg.study import calibration_report, calibration_scores, study
 ARCH = "ensemdiff"
 EXACT_FLAVOURS = ("lesion", "nuclei", "tissue")
 RATER_FLAVOUR = "lesion_raters"
+# the run names of the main E1 and E2 of every flavour
+MAIN_RUNS = {"E1": f"{ARCH}_E1_feedforward", "E2": f"{ARCH}_E2_diffusion"}
 FLAVOURS = (*EXACT_FLAVOURS, RATER_FLAVOUR)
-# the study's evaluation sizes, so that a study's runs are reused as they are
-BASE_OVERRIDES = {"data.num_val_examples": 32, "data.num_test_examples": 64}
+# the study's evaluation sizes; validation (and a checkpoint) every 100 steps, so that the
+# plateau of the validation Dice and the best checkpoint are read at that resolution
+BASE_OVERRIDES = {"data.num_val_examples": 32, "data.num_test_examples": 64,
+                  "train.eval_every": 100, "train.checkpoint_every": 100}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,15 +60,15 @@ class CalibrationPlan:
     raters: int = 4  # annotators of the multi-rater flavour
     rater_strength: float = 0.5
     preset: str = "tiny"
-    e1_steps: int = 600  # E1's validation Dice levels off well before (see the report)
-    e2_steps: int = 1000
+    e1_steps: int = 400
+    e2_steps: int = 800
     # E2 trained longer, to find where its validation Dice stops improving
     long_flavours: tuple[str, ...] = ("lesion",)
-    long_steps: int = 2000
+    long_steps: int = 1200
     # E1 and E2 on a small training set: last beside best checkpoint
     small_flavours: tuple[str, ...] = ("lesion",)
     small_train: int = 32
-    small_steps: int = 500  # E1 and E2 alike: 125 epochs of the small set
+    small_steps: int = 300  # E1 and E2 alike: 75 epochs of the small set
     # the loss at every t < early_t, E2 against E4
     early_flavours: tuple[str, ...] = ("lesion",)
     early_t: int = 100
@@ -72,7 +76,7 @@ class CalibrationPlan:
     # sampling: members drawn once per image, scored as nested ensembles of these sizes
     ensemble_sizes: tuple[int, ...] = (5, 10, 25)
     ddim_steps: int = 20
-    test_images: int = 16
+    test_images: int = 12
     # the full chain (T steps per member) on the first `ddpm_images` test images
     ddpm_flavours: tuple[str, ...] = ("lesion", RATER_FLAVOUR)
     ddpm_images: int = 1
@@ -92,8 +96,8 @@ class CalibrationPlan:
             raise ValueError(f"ensemble_sizes={self.ensemble_sizes} must be sizes >= 1")
         if self.raters < 2:
             raise ValueError(f"raters={self.raters}: the multi-rater flavour needs >= 2")
-        for name in ("e1_steps", "e2_steps", "long_steps", "small_train", "small_steps", "early_t",
-                     "early_images", "ddim_steps", "test_images", "ddpm_images"):
+        for name in ("e1_steps", "e2_steps", "long_steps", "small_train", "small_steps",
+                     "early_t", "early_images", "ddim_steps", "test_images", "ddpm_images"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
 
@@ -135,10 +139,8 @@ def run_specs(plan: CalibrationPlan) -> list[RunSpec]:
     every flavour first, then E4, the small training sets and the long E2 runs."""
     main, extra, long = [], [], []
     for flavour in plan.flavours:
-        main.append(_spec(plan, flavour, "E1", f"{ARCH}_E1_feedforward",
-                          {"train.steps": plan.e1_steps}))
-        main.append(_spec(plan, flavour, "E2", f"{ARCH}_E2_diffusion",
-                          {"train.steps": plan.e2_steps}))
+        main.append(_spec(plan, flavour, "E1", MAIN_RUNS["E1"], {"train.steps": plan.e1_steps}))
+        main.append(_spec(plan, flavour, "E2", MAIN_RUNS["E2"], {"train.steps": plan.e2_steps}))
         if flavour in plan.early_flavours:
             extra.append(_spec(plan, flavour, "E4", f"{ARCH}_E4_image_generation",
                                {"train.steps": plan.e2_steps}))
@@ -329,16 +331,19 @@ def _ensemble_rows(plan: CalibrationPlan, evaluation: Evaluation,
 
 
 def collect(plan: CalibrationPlan, specs: list[RunSpec]) -> dict[str, Any]:
-    """Everything the report shows, from the saved samples, logs and early-t losses:
-    'ensembles' (a row per evaluation, replica and ensemble size), 'convergence' (validation
+    """Everything the report shows, from the saved samples, logs and early-t losses: the
+    'plan', the 'main_runs' names, 'ensembles' (a row per evaluation, replica and ensemble
+    size), 'convergence' (validation
     curves and plateaus per run and replica) and 'early_t' (per flavour)."""
     chosen = evaluations(plan, specs)
     rows = [row for e in chosen if e.method != "ddpm_full" for row in _ensemble_rows(plan, e)]
     for chain in (e for e in chosen if e.method == "ddpm_full"):
-        # the full chain ran on fewer images: DDIM is scored again on those images alone
+        # the full chain ran on fewer images: DDIM and E1 are scored again on those images
         ids = [str(i) for i in results_io.read_samples(
             sample_dirs(chain)[0] / results_io.SAMPLES_FILE)["ids"]]
-        rows += [row for e in chosen if e.spec is chain.spec and e.method != "feedforward"
+        rows += [row for e in chosen
+                 if e.spec.flavour == chain.spec.flavour and e.checkpoint == "best"
+                 and (e.spec is chain.spec or e.spec.name == MAIN_RUNS["E1"])
                  for row in _ensemble_rows(plan, e, ids)]
     convergence = []
     for spec in specs:
@@ -354,4 +359,4 @@ def collect(plan: CalibrationPlan, specs: list[RunSpec]) -> dict[str, Any]:
     early = {f: json.loads((Path(plan.out_dir) / f / "early_t.json").read_text())
              for f in plan.early_flavours if (Path(plan.out_dir) / f / "early_t.json").is_file()}
     return {"plan": json.loads((Path(plan.out_dir) / "plan.json").read_text()),
-            "ensembles": rows, "convergence": convergence, "early_t": early}
+            "main_runs": MAIN_RUNS, "ensembles": rows, "convergence": convergence, "early_t": early}

@@ -2,7 +2,9 @@
 
 Every number is the mean ± sd over the seeds (population replicas) of the per-seed value; the
 verdict pairs diffusion with feed-forward seed by seed. Writes `calibration.md` and the figures
-`calibration_size.png`, `ambiguity.png` (multi-rater flavour) and `early_t.png`.
+`calibration_size.png` (scores against ensemble size and sampler), `sampler_chain.png` (the full
+chain beside DDIM on its images), `convergence.png` (validation Dice against step),
+`ambiguity.png` (GED, Hungarian IoU and soft-label ECE, multi-rater flavour) and `early_t.png`.
 """
 
 from __future__ import annotations
@@ -62,15 +64,21 @@ def _ensemble_lines(rows: Sequence[Mapping[str, Any]], columns: Mapping[str, str
     return lines
 
 
+def _main_rows(ensembles: Sequence[Mapping[str, Any]], flavour: str,
+               main_runs: Mapping[str, str]) -> list[Mapping[str, Any]]:
+    """The rows of the main E1 and E2 of a flavour at their best checkpoint, test images."""
+    return [r for r in select(ensembles, flavour=flavour, checkpoint="best", images="test")
+            if r["run"] == main_runs.get(r["experiment"])]
+
+
 def ensemble_tables(ensembles: Sequence[Mapping[str, Any]], flavours: Sequence[str],
-                    main_runs: Mapping[str, Mapping[str, str]]) -> list[str]:
+                    main_runs: Mapping[str, str]) -> list[str]:
     """Ensemble size and sampler against E1, per flavour, on the test images; the multi-rater
     flavour also against all raters; the full chain beside DDIM on its own images."""
     md = []
     header = ["method", "members", "seeds", *ACCURACY_COLUMNS.values()]
     for flavour in flavours:
-        rows = [r for r in select(ensembles, flavour=flavour, checkpoint="best", images="test")
-                if r["run"] == main_runs[flavour].get(r["experiment"])]
+        rows = _main_rows(ensembles, flavour, main_runs)
         if not rows:
             continue
         md += [f"**{flavour}** (first {int(rows[0]['num_images'])} test images)", ""]
@@ -90,7 +98,8 @@ def ensemble_tables(ensembles: Sequence[Mapping[str, Any]], flavours: Sequence[s
             md += ["", f"**{flavour}**, the full chain beside DDIM on the same "
                        f"{int(chain[0]['num_images'])} test images per seed", ""]
             md += _table(["method", "members", "seeds", *columns.values()],
-                         _ensemble_lines(chain, columns, ("ddpm_full", "ddim_eta0", "ddim_eta1")))
+                         _ensemble_lines(chain, columns,
+                                         ("feedforward", "ddpm_full", "ddim_eta0", "ddim_eta1")))
         md.append("")
     return md
 
@@ -186,16 +195,18 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def _plot_sizes(ensembles: Sequence[Mapping[str, Any]], flavours: Sequence[str],
-                main_runs: Mapping[str, Mapping[str, str]], keys: Mapping[str, str],
+SAMPLER_STYLES = {"ddim_eta0": "o-", "ddim_eta1": "s-", "ddpm_full": "^-"}
+
+
+def _plot_sizes(rows_of: Mapping[str, Sequence[Mapping[str, Any]]], keys: Mapping[str, str],
                 path: Path) -> Path:
-    fig, axes = _grid(len(keys), len(flavours), 3.2, 2.6)
-    for col, flavour in enumerate(flavours):
-        rows = select(ensembles, flavour=flavour, checkpoint="best", images="test")
-        rows = [r for r in rows if r["run"] == main_runs[flavour].get(r["experiment"])]
+    """Scores against ensemble size, a column per flavour (`rows_of[flavour]`), a line per
+    sampler with the seeds' sd as error bars, E1 as a dashed line."""
+    fig, axes = _grid(len(keys), len(rows_of), 3.2, 2.6)
+    for col, (flavour, rows) in enumerate(rows_of.items()):
         for row_i, (key, label) in enumerate(keys.items()):
             ax = axes[row_i][col]
-            for method, style in (("ddim_eta0", "o-"), ("ddim_eta1", "s-")):
+            for method, style in SAMPLER_STYLES.items():
                 sizes = sorted({r["size"] for r in select(rows, method=method)})
                 values = [_values(select(rows, method=method, size=s), key) for s in sizes]
                 if sizes:
@@ -209,6 +220,27 @@ def _plot_sizes(ensembles: Sequence[Mapping[str, Any]], flavours: Sequence[str],
             ax.set_xlabel("members")
             ax.set_title(f"{flavour}: {label}", fontsize=9)
     axes[0][0].legend(fontsize=7)
+    return _save(fig, path)
+
+
+def _plot_convergence(convergence: Sequence[Mapping[str, Any]], flavours: Sequence[str],
+                      path: Path) -> Path:
+    """Validation Dice against training step, a column per flavour, a line per run (mean over
+    seeds, the seeds' range shaded)."""
+    fig, axes = _grid(1, len(flavours), 3.6, 2.8)
+    for ax, flavour in zip(axes[0], flavours, strict=True):
+        rows = select(convergence, flavour=flavour)
+        for n, run in enumerate(dict.fromkeys(r["run"] for r in rows)):
+            curves = select(rows, run=run)
+            steps = curves[0]["steps"]
+            values = np.asarray([c["val_dice"] for c in curves if c["steps"] == steps])
+            ax.plot(steps, values.mean(axis=0), color=f"C{n}", label=run.split("_", 1)[1])
+            ax.fill_between(steps, values.min(axis=0), values.max(axis=0), color=f"C{n}",
+                            alpha=0.2)
+        ax.set_xlabel("step")
+        ax.set_ylabel("validation Dice")
+        ax.set_title(flavour, fontsize=9)
+        ax.legend(fontsize=6)
     return _save(fig, path)
 
 
@@ -234,11 +266,10 @@ def write_report(collected: Mapping[str, Any], out_dir: Path) -> dict[str, Any]:
     ensembles = collected["ensembles"]
     flavours = list(plan["flavours"])
     size = max(plan["ensemble_sizes"])
-    main_runs = {f: {"E1": "ensemdiff_E1_feedforward", "E2": "ensemdiff_E2_diffusion"}
-                 for f in flavours}
+    main_runs = collected["main_runs"]
     verdicts = [v for f in flavours for key in ("ece", "nll", "rater_ece_soft", "rater_ged")
                 for method in ("ddim_eta0", "ddim_eta1")
-                if (v := verdict(ensembles, f, main_runs[f], method, size, key)) is not None]
+                if (v := verdict(ensembles, f, main_runs, method, size, key)) is not None]
     md = ["# Calibration: diffusion (E2) against feed-forward (E1)", "",
           "Mean ± sd over seeds. Members are drawn once per image and scored as nested "
           "ensembles of their first k.", "", "## Ensemble size and sampler", ""]
@@ -252,16 +283,23 @@ def write_report(collected: Mapping[str, Any], out_dir: Path) -> dict[str, Any]:
     if any("_small" in r["run"] for r in ensembles):
         md += ["", "## Small training set: best beside last checkpoint", ""]
         md += small_set_table(ensembles, size)
+    main_rows = {f: _main_rows(ensembles, f, main_runs) for f in flavours}
     files = {"calibration_size": _plot_sizes(
-        ensembles, flavours, main_runs, {"ece": "ECE (top-label)", "dice": "Dice"},
-        out_dir / "calibration_size.png")}
-    raters = [f for f in flavours
-              if any("rater_ged" in r for r in select(ensembles, flavour=f))]
-    if raters:
+        main_rows, {"ece": "ECE (top-label)", "nll": "NLL", "dice": "Dice"},
+        out_dir / "calibration_size.png"),
+        "convergence": _plot_convergence(collected["convergence"], flavours,
+                                         out_dir / "convergence.png")}
+    chain_rows = {f: rows for f in flavours
+                  if (rows := select(ensembles, flavour=f, checkpoint="best", images="chain"))}
+    if chain_rows:
+        files["sampler_chain"] = _plot_sizes(
+            chain_rows, {"ece": "ECE (top-label)", "dice": "Dice"},
+            out_dir / "sampler_chain.png")
+    rater_rows = {f: rows for f, rows in main_rows.items() if rows and "rater_ged" in rows[0]}
+    if rater_rows:
         files["ambiguity"] = _plot_sizes(
-            ensembles, raters, main_runs,
-            {"rater_ged": "GED", "rater_hungarian_iou": "Hungarian IoU",
-             "rater_ece_soft": "soft-label ECE"}, out_dir / "ambiguity.png")
+            rater_rows, {"rater_ged": "GED", "rater_hungarian_iou": "Hungarian IoU",
+                         "rater_ece_soft": "soft-label ECE"}, out_dir / "ambiguity.png")
     if collected["early_t"]:
         md += ["", "## The loss at early t", ""]
         md += early_t_summary(collected["early_t"])
