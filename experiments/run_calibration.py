@@ -1,32 +1,31 @@
 r"""The calibration study: diffusion (E2) against feed-forward (E1) with exact labels and with
 annotator variability, over seeds (`jdiffseg/study/calibration.py`).
 
-    # the CPU budget: about 2.5 hours on two x86-64 cores from scratch (below)
-    python experiments/run_calibration.py --out_dir=runs/calibration
-    # reuse a study's runs (same configs): pass its directory
-    python experiments/run_calibration.py --out_dir=runs/study
-    # the authors' scale on a GPU: full-chain DDPM on the whole test split, longer training
-    python experiments/run_calibration.py --out_dir=runs/calibration_gpu --test_images=64 \
-        --ddpm_images=64 --ddpm_flavours=lesion,nuclei,tissue,lesion_raters \
-        --long_flavours=lesion,nuclei,tissue,lesion_raters --long_steps=20000
+    python experiments/run_calibration.py --out_dir=runs/calibration     # the CPU budget below
+    # the authors' scale on a GPU: the full chain on the whole test split, longer training
+    python experiments/run_calibration.py --out_dir=runs/calibration_gpu --e2_steps=20000 \
+        --long_steps=40000 --test_images=64 --ddpm_images=64
 
 What it runs, per flavour (lesion, nuclei, tissue: exact masks; lesion_raters: 4 simulated
-annotators, one drawn per training step), with tiny EnsemDiff at 32 px:
-* E1 and E2 as populations of `--seeds` seeds (1000 steps of batch 8 each);
-* E2 sampled with DDIM-20 at η = 0 and η = 1, 25 members on the first 16 test images, scored
-  as ensembles of the first 5, 10 and 25; full-chain DDPM (1000 steps per member) with 25
-  members on the first 2 test images of `--ddpm_flavours`, beside DDIM on the same images;
-* E2 trained for `--long_steps` on `--long_flavours`, to see where its validation Dice levels
-  off; E1 and E2 on `--small_train` training images, best beside last checkpoint;
-* E2's and E4's loss at every t < 100 (`--early_flavours`).
+annotators, one drawn per training step), with tiny EnsemDiff at 32 px, every run a population
+of `--seeds` seeds, validated (and checkpointed) every 100 steps:
+* E1 (400 steps of batch 8) and E2 (800 steps), each scored at its best validation checkpoint;
+* E2 sampled with DDIM-20 at η = 0 and η = 1, 25 members on the first 12 test images, scored
+  as ensembles of the first 5, 10 and 25; the full DDPM chain (1000 steps per member), 25
+  members on the first test image of `--ddpm_flavours`, beside DDIM and E1 on that image;
+* E2 trained for `--long_steps` (1200) on `--long_flavours`, to see whether its validation Dice
+  still climbs after 800 steps; E1 and E2 on `--small_train` (32) training images for
+  `--small_steps` (300), best beside last checkpoint;
+* E4 (800 steps), and E2's and E4's loss at every t < 100 (`--early_flavours`).
+Flavour-list flags left at their defaults keep only the chosen `--flavours`.
 
-Measured cost of the defaults from scratch on two x86-64 cores (seconds of wall time per stage):
-training E1 ~6 min and E2 ~12 min per flavour, E4 ~4 min, the 2000-step E2 ~24 min; DDIM
-sampling ~2 min per flavour; the full chain ~6 min per flavour; early-t ~1 min per flavour.
+Cost of the defaults from scratch on two x86-64 cores: about two hours wall (E1 ~5 min and E2
+~12 min per flavour; E4, the small set and the long E2 ~40 min; sampling ~35 min, the full
+chain ~5 min of that per flavour).
 
-Writes `OUT/calibration.md` (tables), `OUT/calibration.json` (every score per seed),
-`OUT/calibration_size.png`, `OUT/ambiguity.png` and `OUT/early_t.png`. Re-running skips what
-is done.
+Writes `OUT/calibration.md` (tables), `OUT/calibration.json` (every score per seed) and the
+figures `calibration_size.png`, `sampler_chain.png`, `convergence.png`, `ambiguity.png` and
+`early_t.png`. Re-running skips what is done, so an interrupted run goes on where it stopped.
 """
 
 from __future__ import annotations

@@ -127,10 +127,11 @@ def variant_of(flavour: str) -> str:
 
 def _spec(plan: CalibrationPlan, flavour: str, experiment: str, name: str,
           extra: Mapping[str, Any]) -> RunSpec:
-    seeds = plan.seeds if experiment in ("E1", "E2") else 1
-    base = study.Plan(out_dir=plan.out_dir, archs=(ARCH,), preset=plan.preset, seeds=seeds,
+    base = study.Plan(out_dir=plan.out_dir, archs=(ARCH,), preset=plan.preset, seeds=plan.seeds,
                       overrides={**_flavour_overrides(plan, flavour), **extra})
     config = study.run_config(base, ARCH, variant_of(flavour), study.MODE_OF[experiment])
+    # E4 too, which the study trains once: its early-t loss is compared seed by seed
+    parsing.update(config, {"train.population": plan.seeds})
     return RunSpec(flavour, name, experiment, config, Path(plan.out_dir) / flavour / name)
 
 
@@ -259,8 +260,8 @@ def sample_dirs(evaluation: Evaluation) -> list[Path]:
 
 def early_t_losses(plan: CalibrationPlan, flavour: str, log: Callable[[str], None] = print
                    ) -> Path:
-    """E2's (each replica) and E4's loss at every t < `early_t` on the validation images, as
-    `OUT/<flavour>/early_t.json`; skipped when that file exists."""
+    """E2's and E4's loss and ε-MSE at every t < `early_t` on the validation images, per
+    replica, as `OUT/<flavour>/early_t.json`; skipped when that file exists."""
     path = Path(plan.out_dir) / flavour / "early_t.json"
     if path.is_file():
         return path
@@ -272,25 +273,32 @@ def early_t_losses(plan: CalibrationPlan, flavour: str, log: Callable[[str], Non
     images, masks = analysis_runs.load_images(config)
     timesteps = np.arange(min(plan.early_t, int(config.diffusion.num_timesteps)))
     load = dict(checkpoint="best", use_ema=True, image_shape=images.shape[1:])
-    log(f"  {flavour}: loss at t < {len(timesteps)}, E2 ({population.size(config)} replicas) "
-        f"and E4, {len(images)} images")
-    rows = []
-    for k in range(population.size(config)):
-        run = analysis_runs.load_analysed_run(
-            str(e2.workdir), mode="diffusion", replica=k,
-            config=population.replica_config(config, k), **load)
-        per = curves.compute_segmentation_curves(run.denoiser, run.variables, run.schedule,
-                                                 images, masks, timesteps,
-                                                 seed=int(config.analysis.seed))
-        rows.append({name: np.mean(per[name], axis=1).tolist()
-                     for name in ("loss_image", "target_mse_image")})
-    gen = analysis_runs.load_analysed_run(str(e4.workdir), mode="image_generation", **load)
-    per = curves.compute_generation_curves(gen.denoiser, gen.variables, gen.schedule, images,
-                                           timesteps, seed=int(config.analysis.seed))
+    seed = int(config.analysis.seed)
+    log(f"  {flavour}: loss at t < {len(timesteps)}, E2 and E4 ({population.size(config)} "
+        f"replicas each), {len(images)} images")
+
+    def per_replica(spec: RunSpec, mode: str) -> list[dict[str, list[float]]]:
+        run_config = run_dir.read_config(spec.workdir)
+        rows = []
+        for k in range(population.size(run_config)):
+            run = analysis_runs.load_analysed_run(
+                str(spec.workdir), mode=mode, replica=k,
+                config=population.replica_config(run_config, k), **load)
+            if mode == "diffusion":
+                per = curves.compute_segmentation_curves(
+                    run.denoiser, run.variables, run.schedule, images, masks, timesteps, seed=seed)
+                names = {"loss": "loss_image", "target_mse": "target_mse_image"}
+            else:
+                per = curves.compute_generation_curves(
+                    run.denoiser, run.variables, run.schedule, images, timesteps, seed=seed)
+                names = {"loss": "loss", "target_mse": "target_mse"}
+            rows.append({ours: np.mean(per[theirs], axis=1).tolist()
+                         for ours, theirs in names.items()})
+        return rows
+
     result = {"flavour": flavour, "timesteps": timesteps.tolist(), "images": len(images),
-              "e2_replicas": rows,
-              "e4": {name: np.mean(per[name], axis=1).tolist()
-                     for name in ("loss", "target_mse")}}
+              "e2_replicas": per_replica(e2, "diffusion"),
+              "e4_replicas": per_replica(e4, "image_generation")}
     run_dir.atomic_write(path, json.dumps(result) + "\n")
     return path
 

@@ -169,8 +169,8 @@ def early_t_summary(early: Mapping[str, Any]) -> list[str]:
     lines = []
     for flavour, result in early.items():
         t = np.asarray(result["timesteps"])
-        for name, curves in (("E2", [r["target_mse_image"] for r in result["e2_replicas"]]),
-                             ("E4", [result["e4"]["target_mse"]])):
+        for name in ("E2", "E4"):
+            curves = [r["target_mse"] for r in result[f"{name.lower()}_replicas"]]
             c = np.asarray(curves)
             argmin = np.argmin(c, axis=1)
             rise = [(row[-1] - row[i]) / row[i] for row, i in zip(c, argmin, strict=True)]
@@ -248,10 +248,10 @@ def _plot_early_t(early: Mapping[str, Any], path: Path) -> Path:
     fig, axes = _grid(1, len(early), 4.2, 3.2)
     for ax, (flavour, result) in zip(axes[0], early.items(), strict=True):
         t = result["timesteps"]
-        for k, r in enumerate(result["e2_replicas"]):
-            ax.plot(t, r["target_mse_image"], color="C0", alpha=0.7,
-                    label="E2 ε-MSE (per seed)" if k == 0 else None)
-        ax.plot(t, result["e4"]["target_mse"], color="C3", label="E4 ε-MSE")
+        for name, color in (("E2", "C0"), ("E4", "C3")):
+            for k, r in enumerate(result[f"{name.lower()}_replicas"]):
+                ax.plot(t, r["target_mse"], color=color, alpha=0.7,
+                        label=f"{name} ε-MSE (per seed)" if k == 0 else None)
         ax.set_yscale("log")
         ax.set_xlabel("t")
         ax.set_title(f"{flavour}: t < {len(t)}", fontsize=9)

@@ -43,7 +43,7 @@ def test_run_specs_train_main_runs_first_with_their_configs(tmp_path):
     by_name = {(s.flavour, s.name): s for s in specs}
     steps = {k: int(s.config.train.steps) for k, s in by_name.items()}
     assert [steps[n] for n in names] == [40, 80, 40, 80, 80, 30, 30, 120]
-    assert [int(s.config.train.population) for s in specs] == [3, 3, 3, 3, 1, 3, 3, 3]
+    assert all(int(s.config.train.population) == 3 for s in specs)  # E4 too
     small = by_name[("lesion", "ensemdiff_E1_small8")].config
     assert small.data.num_train_examples == 8 and small.model.mode == "feedforward"
     raters = by_name[("lesion_raters", "ensemdiff_E2_diffusion")].config

@@ -65,8 +65,8 @@ def _collected():
                    for run, exp in (("net_E1", "E1"), ("net_E2", "E2")) for k in range(2)]
     t = list(range(5))
     early = {"lesion_raters": {"timesteps": t, "images": 4,
-                               "e2_replicas": [{"target_mse_image": [0.3, 0.2, 0.1, 0.2, 0.4]}],
-                               "e4": {"target_mse": [0.9, 0.5, 0.3, 0.2, 0.1]}}}
+                               "e2_replicas": [{"target_mse": [0.3, 0.2, 0.1, 0.2, 0.4]}],
+                               "e4_replicas": [{"target_mse": [0.9, 0.5, 0.3, 0.2, 0.1]}]}}
     plan = {"flavours": ["lesion_raters"], "ensemble_sizes": [1, 2]}
     return {"plan": plan, "main_runs": MAIN, "ensembles": rows, "convergence": convergence,
             "early_t": early}
