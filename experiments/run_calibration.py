@@ -19,9 +19,9 @@ of `--seeds` seeds, validated (and checkpointed) every 100 steps:
 * E4 (800 steps), and E2's and E4's loss at every t < 100 (`--early_flavours`).
 Flavour-list flags left at their defaults keep only the chosen `--flavours`.
 
-Cost of the defaults from scratch on two x86-64 cores: about two hours wall (E1 ~5 min and E2
-~12 min per flavour; E4, the small set and the long E2 ~40 min; sampling ~35 min, the full
-chain ~5 min of that per flavour).
+Measured cost of the defaults from scratch on two x86-64 cores: 2 h 20 min wall (E1 5 min and
+E2 11 min per flavour; E4 10 min, the small set 8 min, the 1200-step E2 16 min; DDIM sampling
+1.7 min per E2 evaluation, the full chain 6 min per flavour; early-t 3 min).
 
 Writes `OUT/calibration.md` (tables), `OUT/calibration.json` (every score per seed) and the
 figures `calibration_size.png`, `sampler_chain.png`, `convergence.png`, `ambiguity.png` and
